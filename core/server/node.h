@@ -1,0 +1,92 @@
+#pragma once
+// Node: one cluster member. It glues Raft to a state machine and to the world through
+// the Env: it ticks Raft on a timer, turns Ready into storage writes (one Sync per
+// Ready: group commit), messages and applied commands, and answers clients.
+//
+// Client requests: Propose() appends a command through Raft and reports once this node
+// has applied it; Read() confirms a linearizable read point via ReadIndex and reports
+// once the state machine has caught up to it. Every request ends exactly once: OK,
+// an error that guarantees nothing happened (Unavailable: no leader), or
+// DeadlineExceeded (indeterminate: it may still commit).
+//
+// Failure model: a storage error stops the node for good (fail-stop); it then drops
+// every event until it is rebuilt from its durable state.
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "core/raft/raft.h"
+#include "core/server/env.h"
+#include "core/server/state_machine.h"
+
+namespace keel::server {
+
+struct NodeConfig {
+  raft::Config raft;
+  Nanos tick_interval = Millis(100);      // one Raft tick; etcd's 100 ms heartbeat
+  Nanos request_timeout = Millis(5000);   // a request undecided by then times out
+  uint64_t snapshot_entries = 10000;      // etcd --snapshot-count
+  uint64_t snapshot_catchup_entries = 5000;  // entries kept after a snapshot for followers
+  size_t pending_requests_max = 10000;
+};
+
+class Node {
+ public:
+  using Done = std::function<void(absl::Status)>;
+
+  Node(NodeConfig config, Env& env, StateMachine& state_machine);
+  ~Node();
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  // Loads the durable state and starts ticking. An error leaves the node stopped.
+  absl::Status Start();
+
+  // A message from a peer (untrusted bytes).
+  void Receive(std::string_view bytes);
+
+  void Propose(std::string command, Done done);
+  void Read(Done done);
+  absl::Status TransferLeadership(NodeId to);
+
+  bool stopped() const { return stopped_; }
+  const raft::Raft& raft() const { return *raft_; }
+  const NodeConfig& config() const { return config_; }
+
+ private:
+  struct Pending {
+    Done done;
+  };
+
+  void Tick();
+  void ProcessReady();
+  void PersistReady(const raft::Ready& rd);
+  void ApplyCommitted(const raft::Ready& rd);
+  void MaybeSnapshot();
+  void FinishReads();
+  void ExpireRequests();
+  void SendAll(const std::vector<raft::Message>& messages);
+  void Finish(uint64_t request_id, absl::Status status);
+  uint64_t AddPending(Done done);
+  void FailStop(const absl::Status& status, std::string_view what);
+
+  NodeConfig config_;
+  Env& env_;
+  StateMachine& state_machine_;
+  Logger log_;
+  std::unique_ptr<raft::Raft> raft_;
+  TimerId tick_timer_ = 0;
+  bool stopped_ = true;
+  LogIndex last_snapshot_index_;
+
+  std::map<uint64_t, Pending> pending_;               // by request id
+  std::deque<std::pair<Nanos, uint64_t>> deadlines_;  // FIFO: timeouts are uniform
+  std::multimap<LogIndex, uint64_t> confirmed_reads_;  // read point -> request id
+};
+
+}  // namespace keel::server

@@ -1,0 +1,47 @@
+#pragma once
+// Register: the replicated append-only register, the state machine of the foundation
+// (the MVCC keyspace replaces it). Each applied command appends its value once; a
+// request seen before (a duplicated forward) is ignored, so every value appears at most
+// once and in commit order on every node.
+//
+// Snapshot format: u64 applied index, u64 count, then per value: u64 request id,
+// u64 index, u32 length, bytes. Little-endian.
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/container/btree_set.h"
+#include "core/server/state_machine.h"
+
+namespace keel::server {
+
+class Register : public StateMachine {
+ public:
+  struct Value {
+    uint64_t request_id;
+    LogIndex index;
+    std::string data;
+    bool operator==(const Value&) const = default;
+  };
+  // Called after each value is appended (the simulator's State Machine Safety checker).
+  using ApplyObserver = std::function<void(const Value&)>;
+
+  void SetObserver(ApplyObserver observer) { observer_ = std::move(observer); }
+
+  void Apply(LogIndex index, uint64_t request_id, std::string_view command) override;
+  LogIndex applied() const override { return applied_; }
+  std::string TakeSnapshot() const override;
+  absl::Status Restore(LogIndex index, std::string_view data) override;
+
+  const std::vector<Value>& values() const { return values_; }
+
+ private:
+  LogIndex applied_;
+  std::vector<Value> values_;
+  absl::btree_set<uint64_t> seen_;
+  ApplyObserver observer_;
+};
+
+}  // namespace keel::server
