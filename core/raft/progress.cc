@@ -20,6 +20,12 @@ void Inflights::FreeTo(LogIndex index) {
   }
 }
 
+void Inflights::FreeFirst() {
+  if (items_.empty()) return;
+  bytes_ -= items_.front().bytes;
+  items_.pop_front();
+}
+
 void Progress::BecomeProbe() {
   // Coming back from a snapshot, the follower's log is at least the snapshot.
   if (state == ProgressState::kSnapshot) {

@@ -28,6 +28,7 @@ class Inflights {
   void Add(LogIndex last, size_t bytes);
   // Frees every in-flight append whose last index is <= `index`.
   void FreeTo(LogIndex index);
+  void FreeFirst();
   void Reset() { items_.clear(); bytes_ = 0; }
 
  private:

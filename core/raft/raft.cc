@@ -476,6 +476,10 @@ void Raft::HandleHeartbeatResponse(const Message& m) {
   Progress& pr = it->second;
   pr.recent_active = true;
   pr.probe_sent = false;  // a lost probe is retried once per heartbeat round
+  // Lost appends fill the in-flight window and would stall a follower forever: free
+  // one slot per heartbeat so an append goes out; the follower's rejection of it (a gap)
+  // sends the leader back to probing from the follower's real match (as etcd-raft).
+  if (pr.state == ProgressState::kReplicate && pr.inflights.Full()) pr.inflights.FreeFirst();
   if (pr.match < log_.LastIndex()) SendAppend(m.from, true);
   if (m.context.empty() || pending_reads_.empty()) return;
 

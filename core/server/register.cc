@@ -48,7 +48,6 @@ void Register::Apply(LogIndex index, uint64_t request_id, std::string_view comma
 
 std::string Register::TakeSnapshot() const {
   std::string out;
-  PutU64(&out, applied_.value);
   PutU64(&out, values_.size());
   for (const Value& v : values_) {
     PutU64(&out, v.request_id);
@@ -61,11 +60,8 @@ std::string Register::TakeSnapshot() const {
 
 absl::Status Register::Restore(LogIndex index, std::string_view data) {
   Reader r(data);
-  uint64_t applied = 0;
   uint64_t count = 0;
-  if (!r.U64(&applied) || !r.U64(&count) || applied != index.value) {
-    return absl::DataLossError("register snapshot header is corrupt");
-  }
+  if (!r.U64(&count)) return absl::DataLossError("register snapshot header is corrupt");
   std::vector<Value> values;
   absl::btree_set<uint64_t> seen;
   for (uint64_t k = 0; k < count; ++k) {
@@ -76,7 +72,7 @@ absl::Status Register::Restore(LogIndex index, std::string_view data) {
       return absl::DataLossError(absl::StrCat("register snapshot truncated at value ", k));
     }
     v.index = LogIndex(at);
-    if (at > applied || (!values.empty() && values.back().index >= v.index) ||
+    if (at > index.value || (!values.empty() && values.back().index >= v.index) ||
         !seen.insert(v.request_id).second) {
       return absl::DataLossError("register snapshot values out of order or duplicated");
     }

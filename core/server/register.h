@@ -4,8 +4,8 @@
 // request seen before (a duplicated forward) is ignored, so every value appears at most
 // once and in commit order on every node.
 //
-// Snapshot format: u64 applied index, u64 count, then per value: u64 request id,
-// u64 index, u32 length, bytes. Little-endian.
+// Snapshot format: u64 count, then per value: u64 request id, u64 index, u64 length,
+// bytes. Little-endian. The snapshot's index is Raft's, passed to Restore.
 
 #include <cstdint>
 #include <functional>

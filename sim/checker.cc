@@ -1,0 +1,137 @@
+#include "sim/checker.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/assert.h"
+#include "sim/hash.h"
+
+namespace keel::sim {
+
+RaftChecker::RaftChecker(int node_count)
+    : logs_(node_count), commit_seen_(node_count), role_seen_(node_count, raft::Role::kFollower),
+      term_seen_(node_count) {
+  for (NodeLog& l : logs_) l.chain = {0};
+}
+
+std::optional<uint64_t> RaftChecker::NodeLog::HashAt(LogIndex i) const {
+  if (i < base || i > last()) return std::nullopt;
+  return chain[i - base];
+}
+
+void RaftChecker::Violation(std::string text) {
+  if (violations_.size() < 20) violations_.push_back(std::move(text));
+}
+
+std::optional<uint64_t> RaftChecker::KnownHash(LogIndex index, Term term) const {
+  if (index.value == 0) return 0;
+  auto it = chain_by_entry_.find({index.value, term.value});
+  if (it == chain_by_entry_.end()) return std::nullopt;
+  return it->second;
+}
+
+void RaftChecker::ResetLog(int node, LogIndex base, uint64_t base_hash) {
+  logs_[node].base = base;
+  logs_[node].chain = {base_hash};
+}
+
+void RaftChecker::OnAppend(int node, bool is_leader, Term leader_term,
+                           std::span<const raft::Entry> entries) {
+  if (entries.empty()) return;
+  NodeLog& log = logs_[node];
+  const LogIndex first = entries.front().index;
+  KEEL_ASSERT(first > log.base && first <= log.last() + 1);
+  if (is_leader && first <= log.last()) {
+    Violation(absl::StrCat("Leader Append-Only: leader n", node + 1, " of term ",
+                           leader_term.value, " overwrote its log from index ", first.value,
+                           " (last ", log.last().value, ")"));
+  }
+  log.chain.resize(first - log.base);
+  for (const raft::Entry& e : entries) {
+    const uint64_t h = ChainHash(log.chain.back(), e.term.value, e.data);
+    log.chain.push_back(h);
+    auto [it, inserted] = chain_by_entry_.try_emplace({e.index.value, e.term.value}, h);
+    if (!inserted && it->second != h) {
+      Violation(absl::StrCat("Log Matching: n", node + 1, " holds an entry at index ",
+                             e.index.value, " term ", e.term.value,
+                             " whose log differs from another node's at that entry"));
+    }
+  }
+}
+
+void RaftChecker::OnSnapshotInstalled(int node, const raft::Snapshot& snapshot) {
+  std::optional<uint64_t> h = KnownHash(snapshot.index, snapshot.term);
+  auto committed = committed_chain_.find(snapshot.index.value);
+  if (!h.has_value() || (committed != committed_chain_.end() && committed->second != *h)) {
+    Violation(absl::StrCat("State Machine Safety: n", node + 1, " installed a snapshot at ",
+                           snapshot.index.value, " term ", snapshot.term.value,
+                           " that matches no committed entry"));
+  }
+  ResetLog(node, snapshot.index, h.value_or(0));
+}
+
+void RaftChecker::OnRestart(int node, const raft::RecoveredState& recovered) {
+  LogIndex base;
+  uint64_t h = 0;
+  if (recovered.snapshot) {
+    base = recovered.snapshot->index;
+    h = KnownHash(base, recovered.snapshot->term).value_or(0);
+  }
+  ResetLog(node, base, h);
+  NodeLog& log = logs_[node];
+  for (const raft::Entry& e : recovered.entries) {
+    log.chain.push_back(ChainHash(log.chain.back(), e.term.value, e.data));
+  }
+  commit_seen_[node] = recovered.hard_state.commit;
+  role_seen_[node] = raft::Role::kFollower;
+}
+
+void RaftChecker::Observe(int node, raft::Role role, Term term, LogIndex commit, Nanos now) {
+  const NodeLog& log = logs_[node];
+  const NodeId id(node + 1);
+  if (role == raft::Role::kLeader &&
+      (role_seen_[node] != raft::Role::kLeader || term_seen_[node] != term)) {
+    auto [it, inserted] = leader_of_term_.try_emplace(term.value, id);
+    if (!inserted && it->second != id) {
+      Violation(absl::StrCat("Election Safety: n", it->second.value, " and n", node + 1,
+                             " are both leaders of term ", term.value));
+    }
+    // Leader Completeness: the new leader holds the last committed entry (and so, by
+    // Log Matching, every committed entry before it).
+    if (max_committed_ > log.base) {
+      std::optional<uint64_t> mine = log.HashAt(max_committed_);
+      if (!mine || *mine != committed_chain_.at(max_committed_.value)) {
+        Violation(absl::StrCat("Leader Completeness: n", node + 1, " became leader of term ",
+                               term.value, " without committed entry ",
+                               max_committed_.value));
+      }
+    }
+  }
+  role_seen_[node] = role;
+  term_seen_[node] = term;
+  // Newly committed entries: one committed entry per index, everywhere.
+  for (LogIndex i = commit_seen_[node] + 1; i <= commit; ++i) {
+    std::optional<uint64_t> h = log.HashAt(i);
+    if (!h) continue;  // below a snapshot: checked when the snapshot was installed
+    auto [it, inserted] = committed_chain_.try_emplace(i.value, *h);
+    if (!inserted && it->second != *h) {
+      Violation(absl::StrCat("State Machine Safety: n", node + 1,
+                             " committed a different entry at index ", i.value));
+    }
+    if (i > max_committed_) max_committed_ = i;
+  }
+  if (commit > commit_seen_[node]) commit_seen_[node] = commit;
+}
+
+void RaftChecker::OnApply(int node, const server::Register::Value& value) {
+  auto [it, inserted] = applied_request_.try_emplace(value.index.value, value.request_id);
+  if (!inserted && it->second != value.request_id) {
+    Violation(absl::StrCat("State Machine Safety: n", node + 1, " applied request ",
+                           value.request_id, " at index ", value.index.value,
+                           " where another node applied request ", it->second));
+  }
+}
+
+void RaftChecker::OnRestore(int node, const std::vector<server::Register::Value>& values) {
+  for (const server::Register::Value& v : values) OnApply(node, v);
+}
+
+}  // namespace keel::sim

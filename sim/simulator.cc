@@ -1,0 +1,1000 @@
+#include "sim/simulator.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+
+#include "absl/container/btree_map.h"
+#include "absl/container/btree_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/assert.h"
+#include "core/raft/codec.h"
+#include "core/server/node.h"
+#include "core/server/register.h"
+#include "sim/checker.h"
+#include "sim/sim_storage.h"
+
+namespace keel::sim {
+namespace {
+
+using raft::Role;
+
+constexpr uint64_t kAnyIncarnation = UINT64_MAX;
+constexpr int kRecoveryElectionTimeouts = 10;  // issue: a leader within 10 timeouts
+
+std::string FormatTime(Nanos t) {
+  return absl::StrFormat("%.6fs", static_cast<double>(t.count()) / 1e9);
+}
+
+struct Event {
+  Nanos at;
+  uint64_t seq;
+  std::function<void()> fn;
+};
+struct EventLater {
+  bool operator()(const Event& a, const Event& b) const {
+    return a.at != b.at ? a.at > b.at : a.seq > b.seq;
+  }
+};
+
+class Sim;
+
+class SimLogSink : public LogSink {
+ public:
+  SimLogSink(Sim& sim, int node) : sim_(sim), node_(node) {}
+  void Write(Severity severity, std::string_view name, std::string_view fields) override;
+
+ private:
+  Sim& sim_;
+  int node_;
+};
+
+class SimEnv : public server::Env {
+ public:
+  SimEnv(Sim& sim, int node) : sim_(sim), node_(node) {}
+  Nanos Now() override;
+  server::TimerId SetTimer(Nanos after, std::function<void()> fn) override;
+  void CancelTimer(server::TimerId id) override;
+  void Send(NodeId to, std::string bytes) override;
+  Rng& Random() override;
+  server::Storage& Disk() override;
+  Logger Log() override;
+
+ private:
+  Sim& sim_;
+  int node_;
+};
+
+struct SimNode {
+  int index = 0;
+  NodeId id;
+  bool up = false;
+  uint64_t incarnation = 0;
+  Nanos paused_until{0};
+  Nanos busy_until{0};
+  // The node's clock: local(t) = clock_local + (t - clock_global) * (1 + drift).
+  Nanos clock_local{0};
+  Nanos clock_global{0};
+  double drift = 0;
+  // Declared before `node`, which cancels its timers when it is destroyed.
+  absl::btree_set<server::TimerId> timers;
+  std::unique_ptr<SimLogSink> sink;
+  std::unique_ptr<SimStorage> storage;  // survives crashes: it is the disk
+  std::unique_ptr<SimEnv> env;
+  std::unique_ptr<server::Register> state;
+  std::unique_ptr<server::Node> node;
+  Role role = Role::kFollower;
+  Nanos leader_since{0};
+  LogIndex commit;
+};
+
+struct Request {
+  int client = 0;
+  int node = 0;
+  bool write = true;
+  std::string value;
+  Nanos start{0};
+  Nanos end{-1};
+  enum class Outcome { kPending, kOk, kFailed, kTimedOut } outcome = Outcome::kPending;
+  size_t read_length = 0;  // reads: register length observed
+};
+
+class Sim {
+ public:
+  Sim(const Scenario& scenario, const RunOptions& options);
+  RunResult Run();
+
+  // Used by SimEnv / SimLogSink.
+  Nanos LocalNow(int node) const;
+  server::TimerId SetTimer(int node, Nanos after, std::function<void()> fn);
+  void CancelTimer(int node, server::TimerId id);
+  void Transmit(int from, NodeId to, std::string bytes);
+  Rng& rng() { return rng_; }
+  SimNode& node(int i) { return nodes_[i]; }
+  void OnLog(int node, Severity severity, std::string_view name, std::string_view fields);
+  Severity log_threshold() const { return options_.trace ? Severity::kDebug : Severity::kWarn; }
+
+ private:
+  // Events.
+  void Schedule(Nanos at, std::function<void()> fn);
+  void ScheduleOnNode(int node, Nanos at, uint64_t incarnation, std::function<void()> fn);
+  void RunOnNode(int node, uint64_t incarnation, std::function<void()> fn);
+  struct Observation {
+    Role role;
+    Term term;
+    LogIndex commit;
+    LogIndex applied;
+  };
+  void AfterNodeEvent(int node);
+  void Observe(int node, const Observation& o);
+  bool RunUntil(Nanos end, const std::function<bool()>& done = nullptr);
+
+  // Nodes.
+  void StartNode(int node);
+  void CrashNode(int node);
+  Nanos BeginSync(int node);
+  int CurrentLeader() const;
+
+  // Network.
+  bool Blocked(int from, int to) const {
+    return cut_[from][to] || clogged_[from] || clogged_[to];
+  }
+  void Route(int from, int to, std::string bytes);
+  void SetLink(int a, int b, bool one_way, bool cut);
+
+  // Steps.
+  void ApplyStep(const Step& step);
+  std::vector<int> Resolve(const NodeRef& ref);
+  void Swizzle(Nanos interval);
+  void Flap(int a, int b, Nanos period, Nanos until, uint64_t generation, bool cut);
+  void HealAll();
+
+  // Clients.
+  void ScheduleClient(int client, Nanos delay);
+  void IssueRequest(int client);
+  void Resolve(size_t request, Request::Outcome outcome, size_t read_length);
+
+  // Checks.
+  void Fail(std::string text);
+  void CheckRecoveryLeader();
+  bool Converged() const;
+  void CheckEndState();
+  void CheckExpectations();
+  double Measure(const Expectation& e);
+  Nanos ElectionTimeout() const { return scenario_.tick_interval * scenario_.election_ticks; }
+  void Trace(std::string_view line);
+
+  const Scenario& scenario_;
+  RunOptions options_;
+  Rng rng_;
+  Nanos now_{0};
+  uint64_t seq_ = 0;
+  uint64_t events_ = 0;
+  std::priority_queue<Event, std::vector<Event>, EventLater> queue_;
+  std::vector<SimNode> nodes_;
+  RaftChecker checker_;
+  TraceHash hash_;
+  server::TimerId next_timer_ = 1;
+
+  NetworkSettings net_;
+  std::vector<std::vector<bool>> cut_;
+  std::vector<bool> clogged_;
+  uint64_t flap_generation_ = 0;
+  absl::btree_map<std::string, int> labels_;
+  uint64_t messages_delivered_ = 0;
+  uint64_t messages_dropped_ = 0;
+
+  bool clients_active_ = true;
+  std::vector<uint64_t> client_seq_;
+  std::vector<Request> history_;
+
+  struct CommitEvent { Nanos at; int node; uint64_t count; bool leader; };
+  struct LeaderInterval { int node; Nanos from; Nanos to; };
+  std::vector<CommitEvent> commit_events_;
+  std::vector<LeaderInterval> leader_intervals_;
+  std::vector<std::pair<Nanos, int>> elections_;
+
+  Nanos recovery_at_{0};
+  Nanos must_succeed_from_{INT64_MAX};
+  Nanos must_succeed_to_{INT64_MAX};
+  std::vector<std::string> failures_;
+};
+
+// ---- SimEnv / sink --------------------------------------------------------------
+
+void SimLogSink::Write(Severity severity, std::string_view name, std::string_view fields) {
+  sim_.OnLog(node_, severity, name, fields);
+}
+
+Nanos SimEnv::Now() { return sim_.LocalNow(node_); }
+server::TimerId SimEnv::SetTimer(Nanos after, std::function<void()> fn) {
+  return sim_.SetTimer(node_, after, std::move(fn));
+}
+void SimEnv::CancelTimer(server::TimerId id) { sim_.CancelTimer(node_, id); }
+void SimEnv::Send(NodeId to, std::string bytes) { sim_.Transmit(node_, to, std::move(bytes)); }
+Rng& SimEnv::Random() { return sim_.rng(); }
+server::Storage& SimEnv::Disk() { return *sim_.node(node_).storage; }
+Logger SimEnv::Log() { return Logger(sim_.node(node_).sink.get(), sim_.log_threshold()); }
+
+// ---- construction ---------------------------------------------------------------
+
+Sim::Sim(const Scenario& scenario, const RunOptions& options)
+    : scenario_(scenario),
+      options_(options),
+      rng_(options.seed),
+      checker_(scenario.cluster),
+      net_(scenario.network),
+      cut_(scenario.cluster, std::vector<bool>(scenario.cluster, false)),
+      clogged_(scenario.cluster, false),
+      client_seq_(scenario.workload.clients, 0) {
+  KEEL_ASSERT(scenario.cluster >= 1 && scenario.cluster <= kClusterSizeMax);
+  nodes_.resize(scenario.cluster);
+  for (int i = 0; i < scenario.cluster; ++i) {
+    SimNode& n = nodes_[i];
+    n.index = i;
+    n.id = NodeId(i + 1);
+    n.sink = std::make_unique<SimLogSink>(*this, i);
+    SimStorage::Hooks hooks;
+    hooks.now = [this] { return now_; };
+    hooks.begin_sync = [this, i] { return BeginSync(i); };
+    hooks.on_append = [this, i](std::span<const raft::Entry> entries) {
+      const raft::Raft& r = nodes_[i].node->raft();
+      checker_.OnAppend(i, r.role() == Role::kLeader, r.term(), entries);
+    };
+    hooks.on_install_snapshot = [this, i](const raft::Snapshot& s) {
+      checker_.OnSnapshotInstalled(i, s);
+    };
+    n.storage = std::make_unique<SimStorage>(std::move(hooks));
+  }
+}
+
+// ---- events ---------------------------------------------------------------------
+
+void Sim::Schedule(Nanos at, std::function<void()> fn) {
+  KEEL_ASSERT(at >= now_);
+  queue_.push(Event{at, seq_++, std::move(fn)});
+}
+
+void Sim::ScheduleOnNode(int node, Nanos at, uint64_t incarnation, std::function<void()> fn) {
+  Schedule(at, [this, node, incarnation, fn = std::move(fn)]() mutable {
+    RunOnNode(node, incarnation, std::move(fn));
+  });
+}
+
+void Sim::RunOnNode(int node, uint64_t incarnation, std::function<void()> fn) {
+  SimNode& n = nodes_[node];
+  if (!n.up || (incarnation != kAnyIncarnation && incarnation != n.incarnation)) return;
+  // A paused (GC) or busy (fsync) node processes nothing: the event waits, in order.
+  const Nanos ready = std::max(n.paused_until, n.busy_until);
+  if (ready > now_) {
+    Schedule(ready, [this, node, incarnation, fn = std::move(fn)]() mutable {
+      RunOnNode(node, incarnation, std::move(fn));
+    });
+    return;
+  }
+  fn();
+  AfterNodeEvent(node);
+}
+
+void Sim::AfterNodeEvent(int node) {
+  SimNode& n = nodes_[node];
+  if (!n.up || n.node == nullptr || n.node->stopped()) return;
+  const raft::Raft& r = n.node->raft();
+  r.CheckInvariants();
+  // What the node did in this event happened only once its fsync completes: observe it
+  // then, and not at all if it crashes first. The node processes nothing meanwhile, so
+  // its state then is its state now.
+  Observation o{r.role(), r.term(), r.log().committed(), r.log().applied()};
+  if (n.busy_until <= now_) {
+    Observe(node, o);
+    return;
+  }
+  Schedule(n.busy_until, [this, node, o, incarnation = n.incarnation] {
+    if (nodes_[node].up && nodes_[node].incarnation == incarnation) Observe(node, o);
+  });
+}
+
+void Sim::Observe(int node, const Observation& o) {
+  SimNode& n = nodes_[node];
+  checker_.Observe(node, o.role, o.term, o.commit, now_);
+  if (o.role != n.role) {
+    if (o.role == Role::kLeader) {
+      n.leader_since = now_;
+      elections_.emplace_back(now_, node);
+    } else if (n.role == Role::kLeader) {
+      leader_intervals_.push_back({node, n.leader_since, now_});
+    }
+    n.role = o.role;
+  }
+  if (o.commit > n.commit) {
+    commit_events_.push_back({now_, node, o.commit - n.commit, o.role == Role::kLeader});
+    n.commit = o.commit;
+  }
+  hash_.Add(static_cast<uint64_t>(node));
+  hash_.Add(static_cast<uint64_t>(o.role));
+  hash_.Add(o.term.value);
+  hash_.Add(o.commit.value);
+  hash_.Add(o.applied.value);
+}
+
+bool Sim::RunUntil(Nanos end, const std::function<bool()>& done) {
+  while (!queue_.empty() && queue_.top().at <= end) {
+    if (done && done()) return true;
+    // priority_queue::top is const; the event is moved out before pop.
+    Event ev = std::move(const_cast<Event&>(queue_.top()));
+    queue_.pop();
+    now_ = ev.at;
+    ++events_;
+    ev.fn();
+  }
+  now_ = std::max(now_, end);
+  return done && done();
+}
+
+// ---- nodes ----------------------------------------------------------------------
+
+Nanos Sim::LocalNow(int node) const {
+  const SimNode& n = nodes_[node];
+  const double elapsed = static_cast<double>((now_ - n.clock_global).count());
+  return n.clock_local + Nanos(static_cast<int64_t>(elapsed * (1.0 + n.drift)));
+}
+
+server::TimerId Sim::SetTimer(int node, Nanos after, std::function<void()> fn) {
+  SimNode& n = nodes_[node];
+  const server::TimerId id = next_timer_++;
+  // `after` is on the node's clock; a fast clock fires its timers early in real time.
+  const auto global = Nanos(static_cast<int64_t>(
+      std::ceil(static_cast<double>(after.count()) / (1.0 + n.drift))));
+  n.timers.insert(id);
+  ScheduleOnNode(node, now_ + global, n.incarnation, [this, node, id, fn = std::move(fn)] {
+    if (nodes_[node].timers.erase(id) == 0) return;  // cancelled
+    fn();
+  });
+  return id;
+}
+
+void Sim::CancelTimer(int node, server::TimerId id) { nodes_[node].timers.erase(id); }
+
+Nanos Sim::BeginSync(int node) {
+  SimNode& n = nodes_[node];
+  const Nanos start = std::max(now_, n.busy_until);
+  const Nanos latency(rng_.Range(scenario_.disk.fsync_min.count(), scenario_.disk.fsync_max.count()));
+  n.busy_until = start + latency;
+  return n.busy_until;
+}
+
+void Sim::StartNode(int node) {
+  SimNode& n = nodes_[node];
+  KEEL_ASSERT(!n.up);
+  n.up = true;
+  ++n.incarnation;
+  n.timers.clear();
+  n.paused_until = now_;
+  n.busy_until = now_;
+  n.role = Role::kFollower;
+  n.env = std::make_unique<SimEnv>(*this, node);
+  n.state = std::make_unique<server::Register>();
+  n.state->SetObserver([this, node](const server::Register::Value& v) {
+    checker_.OnApply(node, v);
+  });
+  server::NodeConfig config;
+  config.raft.id = n.id;
+  for (int i = 0; i < scenario_.cluster; ++i) config.raft.voters.push_back(NodeId(i + 1));
+  config.raft.election_ticks = scenario_.election_ticks;
+  config.raft.bugs = options_.bugs;
+  // Small snapshots and messages so that compaction, snapshot catch-up and flow control
+  // happen in every run, not only in long ones.
+  config.raft.message_bytes_max = 4096;
+  config.raft.inflight_messages_max = 64;
+  config.tick_interval = scenario_.tick_interval;
+  config.request_timeout = scenario_.workload.timeout;
+  config.snapshot_entries = 200;
+  config.snapshot_catchup_entries = 50;
+  n.node = std::make_unique<server::Node>(config, *n.env, *n.state);
+
+  absl::StatusOr<raft::RecoveredState> recovered = n.storage->Load();
+  KEEL_ASSERT(recovered.ok());
+  checker_.OnRestart(node, *recovered);
+  n.commit = recovered->hard_state.commit;
+  if (absl::Status st = n.node->Start(); !st.ok()) {
+    Fail(absl::StrCat("n", node + 1, " failed to start: ", st.ToString()));
+    return;
+  }
+  checker_.OnRestore(node, n.state->values());
+  AfterNodeEvent(node);
+}
+
+void Sim::CrashNode(int node) {
+  SimNode& n = nodes_[node];
+  if (!n.up) return;
+  if (n.role == Role::kLeader) leader_intervals_.push_back({node, n.leader_since, now_});
+  n.role = Role::kFollower;
+  n.up = false;
+  ++n.incarnation;  // drops its timers and unsent messages
+  n.node.reset();
+  n.state.reset();
+  n.env.reset();
+  n.timers.clear();
+  n.storage->Crash(now_);
+  hash_.Add(0xc4a5ULL + static_cast<uint64_t>(node));
+}
+
+int Sim::CurrentLeader() const {
+  int best = -1;
+  for (const SimNode& n : nodes_) {
+    if (!n.up || n.node == nullptr || n.node->stopped()) continue;
+    const raft::Raft& r = n.node->raft();
+    if (r.role() != Role::kLeader) continue;
+    if (best < 0 || r.term() > nodes_[best].node->raft().term()) best = n.index;
+  }
+  return best;
+}
+
+// ---- network --------------------------------------------------------------------
+
+void Sim::Transmit(int from, NodeId to, std::string bytes) {
+  KEEL_ASSERT(to.value >= 1 && to.value <= nodes_.size());
+  SimNode& n = nodes_[from];
+  // Messages said after an fsync leave when the fsync completes; a crash before then
+  // (the incarnation changes) means they were never said.
+  const Nanos depart = std::max(now_, n.busy_until);
+  const uint64_t incarnation = n.incarnation;
+  const int dest = static_cast<int>(to.value - 1);
+  Schedule(depart, [this, from, dest, incarnation, bytes = std::move(bytes)]() mutable {
+    if (!nodes_[from].up || nodes_[from].incarnation != incarnation) return;
+    Route(from, dest, std::move(bytes));
+  });
+}
+
+void Sim::Route(int from, int to, std::string bytes) {
+  const int copies = rng_.Chance(net_.duplicate) ? 2 : 1;
+  for (int c = 0; c < copies; ++c) {
+    if (Blocked(from, to) || rng_.Chance(net_.loss)) {
+      ++messages_dropped_;
+      continue;
+    }
+    const Nanos latency(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
+    std::string payload = c + 1 < copies ? bytes : std::move(bytes);
+    ScheduleOnNode(to, now_ + latency, kAnyIncarnation,
+                   [this, from, to, payload = std::move(payload)] {
+      if (Blocked(from, to)) {  // the partition began while it was in flight
+        ++messages_dropped_;
+        return;
+      }
+      ++messages_delivered_;
+      hash_.Add(static_cast<uint64_t>(now_.count()));
+      hash_.Add(static_cast<uint64_t>(from * 8 + to));
+      hash_.Add(payload);
+      if (options_.trace) {
+        absl::StatusOr<raft::Message> m = raft::DecodeMessage(payload);
+        if (m.ok()) {
+          Trace(absl::StrFormat("n%d->n%d %s term=%d index=%d log_term=%d entries=%d "
+                                "commit=%d reject=%d", from + 1, to + 1,
+                                std::string(raft::MessageTypeName(m->type)), m->term.value,
+                                m->index.value, m->log_term.value, m->entries.size(),
+                                m->commit.value, m->reject ? 1 : 0));
+        }
+      }
+      nodes_[to].node->Receive(payload);
+    });
+  }
+}
+
+void Sim::SetLink(int a, int b, bool one_way, bool cut) {
+  cut_[a][b] = cut;
+  if (!one_way) cut_[b][a] = cut;
+}
+
+void Sim::HealAll() {
+  for (auto& row : cut_) std::fill(row.begin(), row.end(), false);
+  std::fill(clogged_.begin(), clogged_.end(), false);
+  ++flap_generation_;  // stops flapping links
+}
+
+// ---- steps ----------------------------------------------------------------------
+
+std::vector<int> Sim::Resolve(const NodeRef& ref) {
+  switch (ref.kind) {
+    case NodeRef::Kind::kId:
+      if (ref.id.IsZero()) return {};  // a step that names no node
+      return {static_cast<int>(ref.id.value - 1)};
+    case NodeRef::Kind::kAll: {
+      std::vector<int> all;
+      for (int i = 0; i < scenario_.cluster; ++i) all.push_back(i);
+      return all;
+    }
+    case NodeRef::Kind::kLeader: {
+      const int leader = CurrentLeader();
+      if (leader < 0) return {};
+      return {leader};
+    }
+    case NodeRef::Kind::kFollower: {
+      std::vector<int> followers;
+      const int leader = CurrentLeader();
+      for (const SimNode& n : nodes_) {
+        if (n.up && n.index != leader) followers.push_back(n.index);
+      }
+      if (followers.empty()) return {};
+      return {followers[rng_.Uniform(followers.size())]};
+    }
+    case NodeRef::Kind::kLabel: {
+      auto it = labels_.find(ref.label);
+      if (it == labels_.end()) return {};
+      return {it->second};
+    }
+  }
+  return {};
+}
+
+void Sim::ApplyStep(const Step& step) {
+  const std::vector<int> a = Resolve(step.a);
+  const std::vector<int> b = Resolve(step.b);
+  const bool needs_a = step.kind != StepKind::kPartition && step.kind != StepKind::kHeal &&
+                       step.kind != StepKind::kLoss && step.kind != StepKind::kDuplicate &&
+                       step.kind != StepKind::kLatency && step.kind != StepKind::kSwizzle;
+  if (needs_a && a.empty()) {
+    Trace(absl::StrCat("step at line ", step.line, " skipped: no such node now"));
+    return;
+  }
+  if (!step.label.empty()) labels_[step.label] = a.front();
+  hash_.Add(0x57e9ULL + static_cast<uint64_t>(step.kind));
+  Trace(absl::StrCat("step kind=", static_cast<int>(step.kind), " line=", step.line,
+                     a.empty() ? "" : absl::StrCat(" node=n", a.front() + 1)));
+  switch (step.kind) {
+    case StepKind::kPartition: {
+      std::vector<int> group(scenario_.cluster, -1);
+      for (size_t g = 0; g < step.groups.size(); ++g) {
+        for (const NodeRef& r : step.groups[g]) {
+          for (int i : Resolve(r)) group[i] = static_cast<int>(g);
+        }
+      }
+      for (int i = 0; i < scenario_.cluster; ++i) {
+        for (int j = 0; j < scenario_.cluster; ++j) {
+          if (group[i] >= 0 && group[j] >= 0 && group[i] != group[j]) cut_[i][j] = true;
+        }
+      }
+      break;
+    }
+    case StepKind::kIsolate:
+      for (int j = 0; j < scenario_.cluster; ++j) {
+        if (j != a.front()) SetLink(a.front(), j, false, true);
+      }
+      break;
+    case StepKind::kCut:
+    case StepKind::kRestore:
+      if (b.empty()) return;
+      SetLink(a.front(), b.front(), step.one_way, step.kind == StepKind::kCut);
+      break;
+    case StepKind::kHeal: HealAll(); break;
+    case StepKind::kCrash:
+      for (int i : a) CrashNode(i);
+      break;
+    case StepKind::kRestart:
+      for (int i : a) {
+        if (!nodes_[i].up) StartNode(i);
+      }
+      break;
+    case StepKind::kPause:
+      for (int i : a) nodes_[i].paused_until = std::max(nodes_[i].paused_until, now_ + step.duration);
+      break;
+    case StepKind::kSkew:
+      for (int i : a) nodes_[i].clock_local += step.offset;
+      break;
+    case StepKind::kDrift:
+      for (int i : a) {
+        SimNode& n = nodes_[i];
+        n.clock_local = LocalNow(i);
+        n.clock_global = now_;
+        n.drift = step.value;
+      }
+      break;
+    case StepKind::kLoss: net_.loss = step.value; break;
+    case StepKind::kDuplicate: net_.duplicate = step.value; break;
+    case StepKind::kLatency:
+      net_.latency_min = step.duration;
+      net_.latency_max = step.duration2;
+      break;
+    case StepKind::kSwizzle: Swizzle(step.duration); break;
+    case StepKind::kFlap:
+      if (b.empty()) return;
+      Flap(a.front(), b.front(), step.duration, now_ + step.duration2, flap_generation_, true);
+      break;
+    case StepKind::kTransfer: {
+      const int leader = CurrentLeader();
+      if (leader < 0) return;
+      ScheduleOnNode(leader, now_, nodes_[leader].incarnation, [this, leader, to = a.front()] {
+        (void)nodes_[leader].node->TransferLeadership(NodeId(to + 1));
+      });
+      break;
+    }
+  }
+}
+
+void Sim::Swizzle(Nanos interval) {
+  // FoundationDB's swizzle-clog: clog about half the nodes one at a time, then unclog
+  // them one at a time in a different order.
+  std::vector<int> order;
+  for (int i = 0; i < scenario_.cluster; ++i) order.push_back(i);
+  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng_.Uniform(i)]);
+  order.resize((order.size() + 1) / 2);
+  std::vector<int> unclog = order;
+  for (size_t i = unclog.size(); i > 1; --i) std::swap(unclog[i - 1], unclog[rng_.Uniform(i)]);
+  const uint64_t generation = flap_generation_;
+  for (size_t k = 0; k < order.size(); ++k) {
+    Schedule(now_ + interval * static_cast<int64_t>(k), [this, n = order[k], generation] {
+      if (generation == flap_generation_) clogged_[n] = true;
+    });
+    Schedule(now_ + interval * static_cast<int64_t>(order.size() + k),
+             [this, n = unclog[k]] { clogged_[n] = false; });
+  }
+}
+
+void Sim::Flap(int a, int b, Nanos period, Nanos until, uint64_t generation, bool cut) {
+  if (generation != flap_generation_) return;
+  if (now_ >= until) {
+    SetLink(a, b, false, false);
+    return;
+  }
+  SetLink(a, b, false, cut);
+  Schedule(now_ + period, [this, a, b, period, until, generation, cut] {
+    Flap(a, b, period, until, generation, !cut);
+  });
+}
+
+// ---- clients --------------------------------------------------------------------
+
+void Sim::ScheduleClient(int client, Nanos delay) {
+  Schedule(now_ + delay, [this, client] { IssueRequest(client); });
+}
+
+void Sim::IssueRequest(int client) {
+  if (!clients_active_) return;
+  const size_t id = history_.size();
+  Request req;
+  req.client = client;
+  req.node = static_cast<int>(rng_.Uniform(scenario_.cluster));
+  req.write = !rng_.Chance(scenario_.workload.read_fraction);
+  if (req.write) req.value = absl::StrCat("c", client, "-", client_seq_[client]++);
+  req.start = now_;
+  history_.push_back(req);
+
+  const Nanos there(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
+  Schedule(now_ + scenario_.workload.timeout, [this, id] {
+    Resolve(id, Request::Outcome::kTimedOut, 0);
+  });
+  Schedule(now_ + there, [this, id] {
+    const int target = history_[id].node;
+    if (!nodes_[target].up) {  // connection refused: nothing was sent
+      Resolve(id, Request::Outcome::kFailed, 0);
+      return;
+    }
+    RunOnNode(target, kAnyIncarnation, [this, id, target] {
+      auto reply = [this, id, target](absl::Status st) {
+        Request::Outcome outcome = Request::Outcome::kOk;
+        if (absl::IsDeadlineExceeded(st)) {
+          outcome = Request::Outcome::kTimedOut;  // indeterminate
+        } else if (!st.ok()) {
+          outcome = Request::Outcome::kFailed;    // definitely not appended
+        }
+        const size_t length = nodes_[target].state->values().size();
+        // The reply leaves once the node's fsync completes, if it does not crash first.
+        const SimNode& n = nodes_[target];
+        Schedule(std::max(now_, n.busy_until),
+                 [this, id, outcome, length, target, incarnation = n.incarnation] {
+          if (!nodes_[target].up || nodes_[target].incarnation != incarnation) return;
+          const Nanos back(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
+          Schedule(now_ + back, [this, id, outcome, length] { Resolve(id, outcome, length); });
+        });
+      };
+      if (history_[id].write) {
+        nodes_[target].node->Propose(history_[id].value, std::move(reply));
+      } else {
+        nodes_[target].node->Read(std::move(reply));
+      }
+    });
+  });
+}
+
+void Sim::Resolve(size_t id, Request::Outcome outcome, size_t read_length) {
+  Request& r = history_[id];
+  if (r.outcome != Request::Outcome::kPending) return;
+  r.outcome = outcome;
+  r.end = now_;
+  r.read_length = read_length;
+  hash_.Add(0xc11eULL + static_cast<uint64_t>(outcome) * 131 + id);
+  if (now_ >= must_succeed_from_ && r.start >= must_succeed_from_ &&
+      r.start < must_succeed_to_ && outcome != Request::Outcome::kOk) {
+    Fail(absl::StrCat("Liveness: a ", r.write ? "write" : "read", " to n", r.node + 1,
+                      " started at ", FormatTime(r.start),
+                      " after recovery did not succeed (",
+                      outcome == Request::Outcome::kTimedOut ? "timed out" : "failed", ")"));
+  }
+  ScheduleClient(r.client, Nanos(rng_.Range(0, scenario_.workload.think.count())));
+}
+
+// ---- checks ---------------------------------------------------------------------
+
+void Sim::Fail(std::string text) {
+  Trace(absl::StrCat("FAIL ", text));
+  if (failures_.size() < 20) failures_.push_back(std::move(text));
+}
+
+void Sim::OnLog(int node, Severity severity, std::string_view name, std::string_view fields) {
+  if (options_.trace) {
+    Trace(absl::StrCat("n", node + 1, " ", absl::string_view(SeverityName(severity).data(), SeverityName(severity).size()), " ",
+                       absl::string_view(name.data(), name.size()),
+                       absl::string_view(fields.data(), fields.size())));
+  }
+  if (severity == Severity::kError) {
+    Fail(absl::StrCat("n", node + 1, " logged an error: ",
+                      absl::string_view(name.data(), name.size()),
+                      absl::string_view(fields.data(), fields.size())));
+  }
+}
+
+void Sim::Trace(std::string_view line) {
+  if (!options_.trace) return;
+  std::printf("%s %.*s\n", FormatTime(now_).c_str(), static_cast<int>(line.size()), line.data());
+}
+
+void Sim::CheckRecoveryLeader() {
+  const int leader = CurrentLeader();
+  Term max_term;
+  for (const SimNode& n : nodes_) {
+    if (n.up && n.node && !n.node->stopped()) max_term = std::max(max_term, n.node->raft().term());
+  }
+  if (leader < 0 || nodes_[leader].node->raft().term() != max_term) {
+    Fail(absl::StrCat("Liveness: no leader ", kRecoveryElectionTimeouts,
+                      " election timeouts after every fault healed (at ",
+                      FormatTime(recovery_at_), ")"));
+  }
+}
+
+bool Sim::Converged() const {
+  for (const Request& r : history_) {
+    if (r.outcome == Request::Outcome::kPending) return false;
+  }
+  const int leader = CurrentLeader();
+  if (leader < 0) return false;
+  const LogIndex last = nodes_[leader].node->raft().log().LastIndex();
+  for (const SimNode& n : nodes_) {
+    if (!n.up || n.node->stopped()) return false;
+    const raft::RaftLog& log = n.node->raft().log();
+    if (log.committed() != last || log.applied() != last) return false;
+  }
+  return true;
+}
+
+void Sim::CheckEndState() {
+  // Every node applied the same register.
+  const std::vector<server::Register::Value>& reference = nodes_[0].state->values();
+  for (const SimNode& n : nodes_) {
+    if (n.state->values() != reference) {
+      Fail(absl::StrCat("State Machine Safety: n", n.index + 1, " and n1 hold different "
+                        "registers at the end (", n.state->values().size(), " vs ",
+                        reference.size(), " values)"));
+      return;
+    }
+  }
+  absl::btree_map<std::string, size_t> position;
+  for (size_t k = 0; k < reference.size(); ++k) position[reference[k].data] = k;
+  std::vector<size_t> writes_by_end;
+  for (size_t id = 0; id < history_.size(); ++id) {
+    const Request& r = history_[id];
+    if (!r.write) continue;
+    const bool present = position.contains(r.value);
+    if (r.outcome == Request::Outcome::kOk && !present) {
+      Fail(absl::StrCat("Durability: acknowledged write ", r.value, " is not in the register"));
+    }
+    if (r.outcome == Request::Outcome::kFailed && present) {
+      Fail(absl::StrCat("Integrity: write ", r.value, " failed definitely but was applied"));
+    }
+    if (r.outcome == Request::Outcome::kOk) writes_by_end.push_back(id);
+  }
+  if (!failures_.empty()) return;  // the order checks below need every acked write
+  // Linearizability of the append-only register. Let pos(w) be w's position. For any
+  // operation op and any write w acknowledged before op started, op must observe w:
+  // a later write lands after it, a later read's length covers it. Conversely a read of
+  // length L must not observe a write that started after the read ended.
+  std::sort(writes_by_end.begin(), writes_by_end.end(),
+            [&](size_t x, size_t y) { return history_[x].end < history_[y].end; });
+  std::vector<Nanos> prefix_start_max(reference.size() + 1, Nanos(INT64_MIN));
+  absl::btree_map<std::string, Nanos> start_of;
+  for (const Request& r : history_) {
+    if (r.write) start_of[r.value] = r.start;
+  }
+  for (size_t k = 0; k < reference.size(); ++k) {
+    auto it = start_of.find(reference[k].data);
+    const Nanos s = it == start_of.end() ? Nanos(INT64_MAX) : it->second;
+    prefix_start_max[k + 1] = std::max(prefix_start_max[k], s);
+  }
+  std::vector<int64_t> acked_pos_max;  // over writes_by_end prefix
+  int64_t running = -1;
+  for (size_t id : writes_by_end) {
+    running = std::max<int64_t>(running, static_cast<int64_t>(position.at(history_[id].value)));
+    acked_pos_max.push_back(running);
+  }
+  for (const Request& r : history_) {
+    if (r.outcome != Request::Outcome::kOk) continue;
+    // Writes acknowledged strictly before r started.
+    const auto cut = std::lower_bound(writes_by_end.begin(), writes_by_end.end(), r.start,
+        [&](size_t id, Nanos t) { return history_[id].end < t; });
+    const size_t count = static_cast<size_t>(cut - writes_by_end.begin());
+    const int64_t must_see = count == 0 ? -1 : acked_pos_max[count - 1];
+    if (r.write) {
+      const int64_t pos = static_cast<int64_t>(position.at(r.value));
+      if (pos <= must_see) {
+        Fail(absl::StrCat("Linearizability: write ", r.value, " started at ",
+                          FormatTime(r.start), " precedes a write acknowledged before it"));
+        return;
+      }
+    } else {
+      if (static_cast<int64_t>(r.read_length) <= must_see) {
+        Fail(absl::StrCat("Linearizability: read at n", r.node + 1, " started at ",
+                          FormatTime(r.start), " saw ", r.read_length,
+                          " values, missing a write acknowledged before it"));
+        return;
+      }
+      if (r.read_length > reference.size() || prefix_start_max[r.read_length] > r.end) {
+        Fail(absl::StrCat("Linearizability: read at n", r.node + 1, " ended at ",
+                          FormatTime(r.end), " saw a write that started after it"));
+        return;
+      }
+    }
+  }
+}
+
+double Sim::Measure(const Expectation& e) {
+  std::vector<bool> in(scenario_.cluster, e.nodes.empty());
+  for (const NodeRef& ref : e.nodes) {
+    for (int i : Resolve(ref)) in[i] = true;
+  }
+  double total = 0;
+  switch (e.metric) {
+    case Metric::kCommits:
+    case Metric::kLeaderCommits:
+      for (const CommitEvent& c : commit_events_) {
+        if (c.at >= e.from && c.at < e.to && in[c.node] &&
+            (e.metric == Metric::kCommits || c.leader)) {
+          total += static_cast<double>(c.count);
+        }
+      }
+      break;
+    case Metric::kLeaderMs:
+      for (const LeaderInterval& l : leader_intervals_) {
+        if (!in[l.node]) continue;
+        const Nanos lo = std::max(l.from, e.from);
+        const Nanos hi = std::min(l.to, e.to);
+        if (hi > lo) total += static_cast<double>((hi - lo).count()) / 1e6;
+      }
+      break;
+    case Metric::kElections:
+      for (const auto& [at, node] : elections_) {
+        if (at >= e.from && at < e.to && in[node]) total += 1;
+      }
+      break;
+    case Metric::kAcked:
+      for (const Request& r : history_) {
+        if (r.write && r.outcome == Request::Outcome::kOk && r.end >= e.from && r.end < e.to) {
+          total += 1;
+        }
+      }
+      break;
+    case Metric::kFailed:
+      for (const Request& r : history_) {
+        if (r.start >= e.from && r.start < e.to && r.outcome != Request::Outcome::kOk) {
+          total += 1;
+        }
+      }
+      break;
+  }
+  return total;
+}
+
+void Sim::CheckExpectations() {
+  for (const Expectation& e : scenario_.expectations) {
+    const double v = Measure(e);
+    bool ok = false;
+    switch (e.op) {
+      case Compare::kEq: ok = v == e.value; break;
+      case Compare::kNe: ok = v != e.value; break;
+      case Compare::kLt: ok = v < e.value; break;
+      case Compare::kLe: ok = v <= e.value; break;
+      case Compare::kGt: ok = v > e.value; break;
+      case Compare::kGe: ok = v >= e.value; break;
+    }
+    if (!ok) {
+      Fail(absl::StrCat("Expectation at line ", e.line, " failed: '", e.text, "' measured ",
+                        v));
+    }
+  }
+}
+
+// ---- the run --------------------------------------------------------------------
+
+RunResult Sim::Run() {
+  for (int i = 0; i < scenario_.cluster; ++i) StartNode(i);
+  for (const Step& step : scenario_.steps) {
+    Schedule(step.at, [this, &step] { ApplyStep(step); });
+  }
+  for (int c = 0; c < scenario_.workload.clients; ++c) {
+    ScheduleClient(c, Nanos(rng_.Range(0, scenario_.workload.think.count())));
+  }
+  const Nanos et = ElectionTimeout();
+  Nanos progress_at{0};
+  const Nanos progress_every = std::max<Nanos>(scenario_.run_for / 50, Millis(1));
+  while (now_ < scenario_.run_for) {
+    RunUntil(std::min(scenario_.run_for, now_ + progress_every));
+    if (options_.progress && now_ >= progress_at) {
+      std::fprintf(stderr, "\r  %s  sim %6.1fs / %.1fs  events %" PRIu64 "  failures %zu   ",
+                   scenario_.name.c_str(), now_.count() / 1e9, scenario_.run_for.count() / 1e9,
+                   events_, failures_.size());
+      progress_at = now_ + progress_every;
+    }
+  }
+  if (options_.progress) std::fprintf(stderr, "\n");
+  const size_t expectation_failures_before = failures_.size();
+  (void)expectation_failures_before;
+
+  // Phase 2: recovery. Every fault heals; a leader must follow, and requests succeed.
+  recovery_at_ = now_;
+  Trace("recovery: healing every fault");
+  HealAll();
+  net_.loss = 0;
+  net_.duplicate = 0;
+  for (SimNode& n : nodes_) n.paused_until = std::min(n.paused_until, now_);
+  for (int i = 0; i < scenario_.cluster; ++i) {
+    if (!nodes_[i].up) StartNode(i);
+  }
+  const Nanos leader_by = now_ + et * kRecoveryElectionTimeouts;
+  RunUntil(leader_by);
+  CheckRecoveryLeader();
+  must_succeed_from_ = now_;
+  must_succeed_to_ = now_ + et * kRecoveryElectionTimeouts;
+  RunUntil(must_succeed_to_);
+
+  // Phase 3: drain. No new requests; everything resolves and every node converges.
+  clients_active_ = false;
+  const Nanos drain_by = now_ + scenario_.workload.timeout + et * kRecoveryElectionTimeouts;
+  if (!RunUntil(drain_by, [this] { return Converged(); })) {
+    Fail(absl::StrCat("Liveness: the cluster did not converge by ", FormatTime(drain_by),
+                      " after faults healed"));
+  }
+  for (const std::string& v : checker_.violations()) Fail(v);
+  if (Converged()) CheckEndState();
+  for (SimNode& n : nodes_) {
+    if (n.up && n.role == Role::kLeader) leader_intervals_.push_back({n.index, n.leader_since, now_});
+  }
+  CheckExpectations();
+
+  RunResult result;
+  result.ok = failures_.empty();
+  result.trace_hash = hash_.value();
+  result.failures = failures_;
+  result.simulated_seconds = static_cast<double>(now_.count()) / 1e9;
+  result.events = events_;
+  size_t writes_ok = 0, writes = 0, reads_ok = 0, reads = 0;
+  for (const Request& r : history_) {
+    (r.write ? writes : reads)++;
+    if (r.outcome == Request::Outcome::kOk) (r.write ? writes_ok : reads_ok)++;
+  }
+  result.summary = absl::StrFormat(
+      "seed=0x%x nodes=%d sim=%.1fs events=%d msgs=%d/%d writes=%d/%d reads=%d/%d "
+      "elections=%d commit=%d hash=0x%016x %s",
+      options_.seed, scenario_.cluster, result.simulated_seconds, events_, messages_delivered_,
+      messages_delivered_ + messages_dropped_, writes_ok, writes, reads_ok, reads,
+      elections_.size(), checker_.max_committed().value, result.trace_hash,
+      result.ok ? "OK" : "FAIL");
+  return result;
+}
+
+}  // namespace
+
+RunResult RunScenario(const Scenario& scenario, const RunOptions& options) {
+  Sim sim(scenario, options);
+  return sim.Run();
+}
+
+}  // namespace keel::sim

@@ -1,0 +1,170 @@
+#include "sim/swarm.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "core/rng.h"
+
+namespace keel::sim {
+namespace {
+
+enum FaultKind {
+  kPartitionFault, kIsolateLeader, kOneWay, kCrash, kPause, kSkew, kDrift, kLossBurst,
+  kSwizzleFault, kFlapFault, kTransferFault, kFaultKinds
+};
+
+NodeRef Id(int index) { return NodeRef{NodeRef::Kind::kId, NodeId(index + 1), ""}; }
+NodeRef Leader() { return NodeRef{NodeRef::Kind::kLeader, NodeId(0), ""}; }
+
+Nanos Between(Rng& r, Nanos lo, Nanos hi) { return Nanos(r.Range(lo.count(), hi.count())); }
+
+NodeRef LeaderOrAny(Rng& r, int cluster) {
+  return r.Chance(0.5) ? Leader() : Id(static_cast<int>(r.Uniform(cluster)));
+}
+
+void AddFault(Rng& r, const Scenario& s, FaultKind kind, Nanos at, std::vector<Step>& out) {
+  const Nanos et = s.tick_interval * s.election_ticks;
+  const int n = s.cluster;
+  Step step;
+  step.at = at;
+  auto later = [&](Nanos delay) { return std::min(at + delay, s.run_for - Nanos(1)); };
+  switch (kind) {
+    case kPartitionFault: {
+      step.kind = StepKind::kPartition;
+      step.groups.resize(2);
+      for (int i = 0; i < n; ++i) step.groups[r.Uniform(2)].push_back(Id(i));
+      if (step.groups[0].empty() || step.groups[1].empty()) return;
+      out.push_back(step);
+      out.push_back(Step{.at = later(Between(r, et / 2, 8 * et)), .kind = StepKind::kHeal});
+      return;
+    }
+    case kIsolateLeader:
+      step.kind = StepKind::kIsolate;
+      step.a = LeaderOrAny(r, n);
+      out.push_back(step);
+      out.push_back(Step{.at = later(Between(r, et / 2, 6 * et)), .kind = StepKind::kHeal});
+      return;
+    case kOneWay: {
+      step.kind = StepKind::kCut;
+      step.one_way = true;
+      const int a = static_cast<int>(r.Uniform(n));
+      const int b = static_cast<int>(r.Uniform(n));
+      if (a == b) return;
+      step.a = Id(a);
+      step.b = Id(b);
+      out.push_back(step);
+      Step restore = step;
+      restore.kind = StepKind::kRestore;
+      restore.at = later(Between(r, et / 2, 6 * et));
+      out.push_back(restore);
+      return;
+    }
+    case kCrash: {
+      const int victim = static_cast<int>(r.Uniform(n));
+      step.kind = StepKind::kCrash;
+      step.a = r.Chance(0.4) ? Leader() : Id(victim);
+      const std::string label = absl::StrFormat("crashed%d", out.size());
+      step.label = label;
+      out.push_back(step);
+      // Restart soon (often within one fsync: a crash in the middle of an election).
+      const Nanos down = r.Chance(0.3) ? Between(r, Nanos(0), s.disk.fsync_max * 2)
+                                       : Between(r, Nanos(0), 4 * et);
+      out.push_back(Step{.at = later(down), .kind = StepKind::kRestart,
+                         .a = NodeRef{NodeRef::Kind::kLabel, NodeId(0), label}});
+      return;
+    }
+    case kPause:
+      step.kind = StepKind::kPause;
+      step.a = LeaderOrAny(r, n);
+      step.duration = Between(r, et / 10, 3 * et);
+      out.push_back(step);
+      return;
+    case kSkew:
+      step.kind = StepKind::kSkew;
+      step.a = Id(static_cast<int>(r.Uniform(n)));
+      step.offset = Between(r, Nanos(0), 2 * et);
+      out.push_back(step);
+      return;
+    case kDrift:
+      step.kind = StepKind::kDrift;
+      step.a = Id(static_cast<int>(r.Uniform(n)));
+      step.value = (r.Unit() - 0.5) * 0.4;
+      out.push_back(step);
+      return;
+    case kLossBurst:
+      step.kind = StepKind::kLoss;
+      step.value = r.Unit() * 0.3;
+      out.push_back(step);
+      out.push_back(Step{.at = later(Between(r, et, 8 * et)), .kind = StepKind::kLoss,
+                         .value = s.network.loss});
+      return;
+    case kSwizzleFault:
+      step.kind = StepKind::kSwizzle;
+      step.duration = Between(r, s.tick_interval / 2, et);
+      out.push_back(step);
+      return;
+    case kFlapFault: {
+      step.kind = StepKind::kFlap;
+      const int a = static_cast<int>(r.Uniform(n));
+      const int b = static_cast<int>(r.Uniform(n));
+      if (a == b) return;
+      step.a = Id(a);
+      step.b = Id(b);
+      step.duration = Between(r, s.tick_interval, et);
+      step.duration2 = Between(r, et, 10 * et);
+      out.push_back(step);
+      return;
+    }
+    case kTransferFault:
+      step.kind = StepKind::kTransfer;
+      step.a = Id(static_cast<int>(r.Uniform(n)));
+      out.push_back(step);
+      return;
+    case kFaultKinds: break;
+  }
+}
+
+}  // namespace
+
+Scenario SwarmScenario(uint64_t seed) {
+  Rng r(seed ^ 0x5a5a'1234'9e37'79b9ULL);
+  Scenario s;
+  s.name = "swarm";
+  s.seed = seed;
+  static constexpr int kSizes[] = {1, 2, 3, 3, 3, 4, 5, 5, 5, 6, 7, 7};
+  s.cluster = kSizes[r.Uniform(std::size(kSizes))];
+  static constexpr int kTicksMs[] = {10, 20, 50, 100};
+  s.tick_interval = Millis(kTicksMs[r.Uniform(std::size(kTicksMs))]);
+  s.election_ticks = 10;
+  const Nanos et = s.tick_interval * s.election_ticks;
+
+  s.network.latency_min = Between(r, std::chrono::microseconds(50), Millis(2));
+  s.network.latency_max = s.network.latency_min + Between(r, Nanos(0), s.tick_interval / 2);
+  s.network.loss = r.Chance(0.5) ? 0 : r.Unit() * 0.1;
+  s.network.duplicate = r.Chance(0.5) ? 0 : r.Unit() * 0.05;
+  s.disk.fsync_min = Between(r, std::chrono::microseconds(20), Millis(1));
+  s.disk.fsync_max = s.disk.fsync_min + Between(r, Nanos(0), s.tick_interval / 4);
+
+  s.workload.clients = static_cast<int>(r.Range(1, 6));
+  s.workload.think = Between(r, Nanos(0), s.tick_interval / 2);
+  s.workload.timeout = 5 * et;
+  s.workload.read_fraction = r.Unit() * 0.3;
+  s.run_for = 40 * et;
+
+  bool enabled[kFaultKinds];
+  bool any = false;
+  for (bool& e : enabled) any |= (e = r.Chance(0.5));
+  const int count = any ? static_cast<int>(r.Range(1, 25)) : 0;
+  for (int k = 0; k < count; ++k) {
+    FaultKind kind;
+    do {
+      kind = static_cast<FaultKind>(r.Uniform(kFaultKinds));
+    } while (!enabled[kind]);
+    AddFault(r, s, kind, Between(r, et, s.run_for - et), s.steps);
+  }
+  std::stable_sort(s.steps.begin(), s.steps.end(),
+                   [](const Step& a, const Step& b) { return a.at < b.at; });
+  return s;
+}
+
+}  // namespace keel::sim

@@ -1,0 +1,86 @@
+// The checkers must bite: each property is shown to catch a history that breaks it.
+#include "sim/checker.h"
+
+#include <gtest/gtest.h>
+
+namespace keel::sim {
+namespace {
+
+using raft::Entry;
+using raft::Role;
+
+std::vector<Entry> Entries(uint64_t first, std::vector<uint64_t> terms) {
+  std::vector<Entry> out;
+  for (uint64_t t : terms) {
+    out.push_back({Term(t), LogIndex(first), raft::EntryType::kNormal, "x" + std::to_string(first)});
+    ++first;
+  }
+  return out;
+}
+
+bool Mentions(const RaftChecker& c, std::string_view what) {
+  for (const std::string& v : c.violations()) {
+    if (v.find(what) != std::string::npos) return true;
+  }
+  return false;
+}
+
+TEST(RaftChecker, AcceptsAConsistentHistory) {
+  RaftChecker c(3);
+  for (int n = 0; n < 3; ++n) c.OnAppend(n, n == 0, Term(1), Entries(1, {1, 1}));
+  c.Observe(0, Role::kLeader, Term(1), LogIndex(2), Nanos(0));
+  c.Observe(1, Role::kFollower, Term(1), LogIndex(2), Nanos(0));
+  EXPECT_TRUE(c.violations().empty());
+}
+
+TEST(RaftChecker, CatchesTwoLeadersInOneTerm) {  // Election Safety
+  RaftChecker c(3);
+  c.Observe(0, Role::kLeader, Term(2), LogIndex(0), Nanos(0));
+  c.Observe(1, Role::kLeader, Term(2), LogIndex(0), Nanos(0));
+  EXPECT_TRUE(Mentions(c, "Election Safety"));
+}
+
+TEST(RaftChecker, CatchesALeaderOverwritingItsLog) {  // Leader Append-Only
+  RaftChecker c(1);
+  c.OnAppend(0, true, Term(1), Entries(1, {1, 1, 1}));
+  c.OnAppend(0, true, Term(1), Entries(2, {1}));
+  EXPECT_TRUE(Mentions(c, "Leader Append-Only"));
+}
+
+TEST(RaftChecker, CatchesLogsThatAgreeOnAnEntryButNotBeforeIt) {  // Log Matching
+  RaftChecker c(2);
+  c.OnAppend(0, false, Term(0), Entries(1, {1, 2}));
+  std::vector<Entry> other = Entries(1, {1, 2});
+  other[0].data = "different";
+  c.OnAppend(1, false, Term(0), other);
+  EXPECT_TRUE(Mentions(c, "Log Matching"));
+}
+
+TEST(RaftChecker, CatchesALeaderElectedWithoutACommittedEntry) {  // Leader Completeness
+  RaftChecker c(3);
+  c.OnAppend(0, true, Term(1), Entries(1, {1, 1}));
+  c.OnAppend(1, false, Term(1), Entries(1, {1, 1}));
+  c.Observe(0, Role::kLeader, Term(1), LogIndex(2), Nanos(0));
+  c.OnAppend(2, false, Term(1), Entries(1, {1}));
+  c.Observe(2, Role::kLeader, Term(2), LogIndex(0), Nanos(1));
+  EXPECT_TRUE(Mentions(c, "Leader Completeness"));
+}
+
+TEST(RaftChecker, CatchesTwoDifferentEntriesCommittedAtOneIndex) {  // State Machine Safety
+  RaftChecker c(2);
+  c.OnAppend(0, false, Term(0), Entries(1, {1}));
+  c.OnAppend(1, false, Term(0), Entries(1, {2}));
+  c.Observe(0, Role::kFollower, Term(2), LogIndex(1), Nanos(0));
+  c.Observe(1, Role::kFollower, Term(2), LogIndex(1), Nanos(0));
+  EXPECT_TRUE(Mentions(c, "State Machine Safety"));
+}
+
+TEST(RaftChecker, CatchesTwoDifferentRequestsAppliedAtOneIndex) {
+  RaftChecker c(2);
+  c.OnApply(0, {7, LogIndex(3), "a"});
+  c.OnApply(1, {8, LogIndex(3), "b"});
+  EXPECT_TRUE(Mentions(c, "applied request"));
+}
+
+}  // namespace
+}  // namespace keel::sim
