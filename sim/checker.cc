@@ -94,14 +94,20 @@ void RaftChecker::Observe(int node, raft::Role role, Term term, LogIndex commit,
       Violation(absl::StrCat("Election Safety: n", it->second.value, " and n", node + 1,
                              " are both leaders of term ", term.value));
     }
-    // Leader Completeness: the new leader holds the last committed entry (and so, by
-    // Log Matching, every committed entry before it).
-    if (max_committed_ > log.base) {
-      std::optional<uint64_t> mine = log.HashAt(max_committed_);
-      if (!mine || *mine != committed_chain_.at(max_committed_.value)) {
+    // Leader Completeness: the new leader holds the last entry committed in an earlier
+    // term (and so, by Log Matching, every committed entry before it). A leader of an
+    // older term (one that wakes from a pause, say) owes nothing to later commits.
+    LogIndex must_hold;
+    for (auto it = committed_by_term_.begin();
+         it != committed_by_term_.end() && it->first < term.value; ++it) {
+      must_hold = std::max(must_hold, LogIndex(it->second));
+    }
+    if (must_hold > log.base) {
+      std::optional<uint64_t> mine = log.HashAt(must_hold);
+      if (!mine || *mine != committed_chain_.at(must_hold.value)) {
         Violation(absl::StrCat("Leader Completeness: n", node + 1, " became leader of term ",
-                               term.value, " without committed entry ",
-                               max_committed_.value));
+                               term.value, " without entry ", must_hold.value,
+                               " committed in an earlier term"));
       }
     }
   }
@@ -117,6 +123,12 @@ void RaftChecker::Observe(int node, raft::Role role, Term term, LogIndex commit,
                              " committed a different entry at index ", i.value));
     }
     if (i > max_committed_) max_committed_ = i;
+    // The term in which the entry was committed is at most the term of the first node
+    // seen to know it (a leader knows its commits before its followers do).
+    if (inserted) {
+      uint64_t& at_term = committed_by_term_[term.value];
+      at_term = std::max(at_term, i.value);
+    }
   }
   if (commit > commit_seen_[node]) commit_seen_[node] = commit;
 }

@@ -58,6 +58,7 @@ class RaftChecker {
   absl::btree_map<std::pair<uint64_t, uint64_t>, uint64_t> chain_by_entry_;  // (index, term)
   absl::btree_map<uint64_t, uint64_t> committed_chain_;   // index -> chain hash
   absl::btree_map<uint64_t, NodeId> leader_of_term_;
+  absl::btree_map<uint64_t, uint64_t> committed_by_term_;  // term -> highest index
   absl::btree_map<uint64_t, uint64_t> applied_request_;   // index -> request id
   LogIndex max_committed_;
   std::vector<std::string> violations_;

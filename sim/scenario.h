@@ -99,6 +99,7 @@ struct NetworkSettings {
 struct DiskSettings {
   Nanos fsync_min = std::chrono::microseconds(200);
   Nanos fsync_max = Millis(2);
+  double crash_in_sync_probability = 0;  // per fsync: power loss before it completes
 };
 
 struct WorkloadSettings {
@@ -114,6 +115,9 @@ struct Scenario {
   std::optional<uint64_t> seed;         // `seed N`; the command line overrides it
   Nanos tick_interval = Millis(100);    // `timing tick=100ms election=10`
   int election_ticks = 10;
+  bool pre_vote = true;                 // Raft options; the swarm varies them
+  bool check_quorum = true;
+  size_t message_bytes_max = 4096;      // small, so flow control happens in every run
   NetworkSettings network;              // `network latency=1ms..5ms loss=0 duplicate=0`
   DiskSettings disk;                    // `disk fsync=200us..2ms`
   WorkloadSettings workload;            // `workload clients=3 think=20ms timeout=3s reads=0.1`

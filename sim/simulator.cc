@@ -160,6 +160,8 @@ class Sim {
   void Fail(std::string text);
   void CheckRecoveryLeader();
   bool Converged() const;
+  void RunRecoveryAndDrain();
+  RunResult Result() const;
   void CheckEndState();
   void CheckExpectations();
   double Measure(const Expectation& e);
@@ -179,6 +181,7 @@ class Sim {
   server::TimerId next_timer_ = 1;
 
   NetworkSettings net_;
+  double crash_in_sync_probability_;
   std::vector<std::vector<bool>> cut_;
   std::vector<bool> clogged_;
   uint64_t flap_generation_ = 0;
@@ -187,6 +190,7 @@ class Sim {
   uint64_t messages_dropped_ = 0;
 
   bool clients_active_ = true;
+  size_t requests_pending_ = 0;
   std::vector<uint64_t> client_seq_;
   std::vector<Request> history_;
 
@@ -226,6 +230,7 @@ Sim::Sim(const Scenario& scenario, const RunOptions& options)
       rng_(options.seed),
       checker_(scenario.cluster),
       net_(scenario.network),
+      crash_in_sync_probability_(scenario.disk.crash_in_sync_probability),
       cut_(scenario.cluster, std::vector<bool>(scenario.cluster, false)),
       clogged_(scenario.cluster, false),
       client_seq_(scenario.workload.clients, 0) {
@@ -362,6 +367,20 @@ Nanos Sim::BeginSync(int node) {
   const Nanos start = std::max(now_, n.busy_until);
   const Nanos latency(rng_.Range(scenario_.disk.fsync_min.count(), scenario_.disk.fsync_max.count()));
   n.busy_until = start + latency;
+  if (crash_in_sync_probability_ > 0 && rng_.Chance(crash_in_sync_probability_)) {
+    // Power loss while the fsync is in flight; the node comes back soon after.
+    const Nanos crash_at(rng_.Range(now_.count(), n.busy_until.count() - 1));
+    const Nanos down(rng_.Range(0, 4 * scenario_.disk.fsync_max.count()));
+    const uint64_t incarnation = n.incarnation;
+    Schedule(crash_at, [this, node, incarnation, down] {
+      if (nodes_[node].incarnation != incarnation) return;
+      Trace(absl::StrCat("n", node + 1, " crashed during fsync"));
+      CrashNode(node);
+      Schedule(now_ + down, [this, node] {
+        if (!nodes_[node].up) StartNode(node);
+      });
+    });
+  }
   return n.busy_until;
 }
 
@@ -383,10 +402,12 @@ void Sim::StartNode(int node) {
   config.raft.id = n.id;
   for (int i = 0; i < scenario_.cluster; ++i) config.raft.voters.push_back(NodeId(i + 1));
   config.raft.election_ticks = scenario_.election_ticks;
+  config.raft.pre_vote = scenario_.pre_vote;
+  config.raft.check_quorum = scenario_.check_quorum;
   config.raft.bugs = options_.bugs;
   // Small snapshots and messages so that compaction, snapshot catch-up and flow control
   // happen in every run, not only in long ones.
-  config.raft.message_bytes_max = 4096;
+  config.raft.message_bytes_max = scenario_.message_bytes_max;
   config.raft.inflight_messages_max = 64;
   config.tick_interval = scenario_.tick_interval;
   config.request_timeout = scenario_.workload.timeout;
@@ -659,6 +680,7 @@ void Sim::IssueRequest(int client) {
   if (req.write) req.value = absl::StrCat("c", client, "-", client_seq_[client]++);
   req.start = now_;
   history_.push_back(req);
+  ++requests_pending_;
 
   const Nanos there(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
   Schedule(now_ + scenario_.workload.timeout, [this, id] {
@@ -700,6 +722,7 @@ void Sim::IssueRequest(int client) {
 void Sim::Resolve(size_t id, Request::Outcome outcome, size_t read_length) {
   Request& r = history_[id];
   if (r.outcome != Request::Outcome::kPending) return;
+  --requests_pending_;
   r.outcome = outcome;
   r.end = now_;
   r.read_length = read_length;
@@ -753,9 +776,7 @@ void Sim::CheckRecoveryLeader() {
 }
 
 bool Sim::Converged() const {
-  for (const Request& r : history_) {
-    if (r.outcome == Request::Outcome::kPending) return false;
-  }
+  if (requests_pending_ > 0) return false;
   const int leader = CurrentLeader();
   if (leader < 0) return false;
   const LogIndex last = nodes_[leader].node->raft().log().LastIndex();
@@ -922,11 +943,12 @@ RunResult Sim::Run() {
   for (int c = 0; c < scenario_.workload.clients; ++c) {
     ScheduleClient(c, Nanos(rng_.Range(0, scenario_.workload.think.count())));
   }
-  const Nanos et = ElectionTimeout();
   Nanos progress_at{0};
   const Nanos progress_every = std::max<Nanos>(scenario_.run_for / 50, Millis(1));
-  while (now_ < scenario_.run_for) {
-    RunUntil(std::min(scenario_.run_for, now_ + progress_every));
+  // A safety violation ends the run at once: what follows would only bury it.
+  auto failed = [this] { return !failures_.empty() || !checker_.violations().empty(); };
+  while (now_ < scenario_.run_for && !failed()) {
+    RunUntil(std::min(scenario_.run_for, now_ + progress_every), failed);
     if (options_.progress && now_ >= progress_at) {
       std::fprintf(stderr, "\r  %s  sim %6.1fs / %.1fs  events %" PRIu64 "  failures %zu   ",
                    scenario_.name.c_str(), now_.count() / 1e9, scenario_.run_for.count() / 1e9,
@@ -935,8 +957,18 @@ RunResult Sim::Run() {
     }
   }
   if (options_.progress) std::fprintf(stderr, "\n");
-  const size_t expectation_failures_before = failures_.size();
-  (void)expectation_failures_before;
+  if (!failed()) RunRecoveryAndDrain();
+  for (const std::string& v : checker_.violations()) Fail(v);
+  if (failures_.empty() && Converged()) CheckEndState();
+  for (SimNode& n : nodes_) {
+    if (n.up && n.role == Role::kLeader) leader_intervals_.push_back({n.index, n.leader_since, now_});
+  }
+  CheckExpectations();
+  return Result();
+}
+
+void Sim::RunRecoveryAndDrain() {
+  const Nanos et = ElectionTimeout();
 
   // Phase 2: recovery. Every fault heals; a leader must follow, and requests succeed.
   recovery_at_ = now_;
@@ -944,6 +976,7 @@ RunResult Sim::Run() {
   HealAll();
   net_.loss = 0;
   net_.duplicate = 0;
+  crash_in_sync_probability_ = 0;
   for (SimNode& n : nodes_) n.paused_until = std::min(n.paused_until, now_);
   for (int i = 0; i < scenario_.cluster; ++i) {
     if (!nodes_[i].up) StartNode(i);
@@ -962,13 +995,9 @@ RunResult Sim::Run() {
     Fail(absl::StrCat("Liveness: the cluster did not converge by ", FormatTime(drain_by),
                       " after faults healed"));
   }
-  for (const std::string& v : checker_.violations()) Fail(v);
-  if (Converged()) CheckEndState();
-  for (SimNode& n : nodes_) {
-    if (n.up && n.role == Role::kLeader) leader_intervals_.push_back({n.index, n.leader_since, now_});
-  }
-  CheckExpectations();
+}
 
+RunResult Sim::Result() const {
   RunResult result;
   result.ok = failures_.empty();
   result.trace_hash = hash_.value();

@@ -137,6 +137,11 @@ Scenario SwarmScenario(uint64_t seed) {
   s.tick_interval = Millis(kTicksMs[r.Uniform(std::size(kTicksMs))]);
   s.election_ticks = 10;
   const Nanos et = s.tick_interval * s.election_ticks;
+  // etcd 3.4 defaults to PreVote off; deployments run either way, so do we.
+  s.pre_vote = r.Chance(0.75);
+  s.check_quorum = r.Chance(0.75);
+  // One entry per append makes followers ack entry by entry (Figure 8 territory).
+  s.message_bytes_max = r.Chance(0.5) ? 4096 : 64;
 
   s.network.latency_min = Between(r, std::chrono::microseconds(50), Millis(2));
   s.network.latency_max = s.network.latency_min + Between(r, Nanos(0), s.tick_interval / 2);
@@ -144,6 +149,7 @@ Scenario SwarmScenario(uint64_t seed) {
   s.network.duplicate = r.Chance(0.5) ? 0 : r.Unit() * 0.05;
   s.disk.fsync_min = Between(r, std::chrono::microseconds(20), Millis(1));
   s.disk.fsync_max = s.disk.fsync_min + Between(r, Nanos(0), s.tick_interval / 4);
+  s.disk.crash_in_sync_probability = r.Chance(0.5) ? 0 : r.Unit() * 0.01;
 
   s.workload.clients = static_cast<int>(r.Range(1, 6));
   s.workload.think = Between(r, Nanos(0), s.tick_interval / 2);

@@ -115,8 +115,7 @@ TEST(RaftLogMaybeAppend, RejectsWhenThePrevIndexIsBeyondTheEnd) {
 TEST(RaftLogMaybeAppend, AStaleAppendOfEntriesWeAlreadyHoldTruncatesNothing) {
   RaftLog log = LogWithTerms({1, 1, 2, 2});
   bool conflict = true;
-  EXPECT_EQ(log.MaybeAppend(LogIndex(1), Term(1), {E(2, 1), E(3, 2)}, &conflict),
-            LogIndex(3));
+  EXPECT_EQ(log.MaybeAppend(LogIndex(1), Term(1), {E(2, 1), E(3, 2)}, &conflict), LogIndex(3));
   EXPECT_FALSE(conflict);
   EXPECT_EQ(Terms(log), (std::vector<uint64_t>{1, 1, 2, 2}));
   EXPECT_TRUE(log.UnstableEntries().empty());
@@ -127,8 +126,7 @@ TEST(RaftLogMaybeAppend, AStaleAppendOfEntriesWeAlreadyHoldTruncatesNothing) {
 TEST(RaftLogMaybeAppend, AConflictingEntryTruncatesTheSuffixAndIsReplaced) {
   RaftLog log = LogWithTerms({1, 1, 2, 2, 2}, /*commit=*/1);
   bool conflict = true;
-  EXPECT_EQ(log.MaybeAppend(LogIndex(1), Term(1), {E(2, 1), E(3, 3)}, &conflict),
-            LogIndex(3));
+  EXPECT_EQ(log.MaybeAppend(LogIndex(1), Term(1), {E(2, 1), E(3, 3)}, &conflict), LogIndex(3));
   EXPECT_FALSE(conflict);
   EXPECT_EQ(Terms(log), (std::vector<uint64_t>{1, 1, 3}));
   EXPECT_EQ(log.LastIndex(), LogIndex(3));
@@ -142,8 +140,7 @@ TEST(RaftLogMaybeAppend, AConflictingEntryTruncatesTheSuffixAndIsReplaced) {
 TEST(RaftLogMaybeAppend, RefusesToOverwriteACommittedEntry) {
   RaftLog log = LogWithTerms({1, 1, 2}, /*commit=*/2);
   bool conflict = false;
-  EXPECT_EQ(log.MaybeAppend(LogIndex(1), Term(1), {E(2, 3), E(3, 3)}, &conflict),
-            std::nullopt);
+  EXPECT_EQ(log.MaybeAppend(LogIndex(1), Term(1), {E(2, 3), E(3, 3)}, &conflict), std::nullopt);
   EXPECT_TRUE(conflict);
   EXPECT_EQ(Terms(log), (std::vector<uint64_t>{1, 1, 2}));
   EXPECT_EQ(log.committed(), LogIndex(2));
@@ -173,7 +170,7 @@ TEST(RaftLogFindConflictByTerm, FindsTheLastIndexWhoseTermIsAtMostTheGivenTerm) 
 }
 
 TEST(RaftLogFindConflictByTerm, StopsAtTheFirstIndexItCannotSeeAfterCompaction) {
-  RaftLog log(Snapshot{.index = LogIndex(3), .term = Term(2)}, {E(4, 3), E(5, 3)},
+  RaftLog log(Snapshot{.index = LogIndex(3), .term = Term(2), .data = ""}, {E(4, 3), E(5, 3)},
               LogIndex(5));
   using P = std::pair<LogIndex, Term>;
   // Index 3 is the snapshot: its term is known.
@@ -188,7 +185,7 @@ TEST(RaftLogFindConflictByTerm, StopsAtTheFirstIndexItCannotSeeAfterCompaction) 
 // Raft §5.4.1: the log with the later last term is more up-to-date; with equal last
 // terms, the longer log is.
 TEST(RaftLogIsUpToDate, ComparesLastTermFirstThenLength) {
-  RaftLog log = LogWithTerms({1, 1, 2});  // last (3, 2)
+  RaftLog log = LogWithTerms({1, 1, 2});                // last (3, 2)
   EXPECT_TRUE(log.IsUpToDate(LogIndex(3), Term(2)));    // identical
   EXPECT_TRUE(log.IsUpToDate(LogIndex(4), Term(2)));    // same term, longer
   EXPECT_FALSE(log.IsUpToDate(LogIndex(2), Term(2)));   // same term, shorter
@@ -211,13 +208,10 @@ TEST(RaftLogSlice, StopsBeforeTheEntryThatWouldPassTheByteLimit) {
   RaftLog log(std::nullopt, {E(1, 1, data), E(2, 1, data), E(3, 1, data), E(4, 1, data)},
               LogIndex(0));
   ASSERT_EQ(E(1, 1, data).ByteSize(), 100u);
-  EXPECT_EQ(Indexes(log.Slice(LogIndex(1), LogIndex(5), 250)),
-            (std::vector<uint64_t>{1, 2}));
+  EXPECT_EQ(Indexes(log.Slice(LogIndex(1), LogIndex(5), 250)), (std::vector<uint64_t>{1, 2}));
   // A limit exactly at a boundary includes the entry that reaches it.
-  EXPECT_EQ(Indexes(log.Slice(LogIndex(1), LogIndex(5), 300)),
-            (std::vector<uint64_t>{1, 2, 3}));
-  EXPECT_EQ(Indexes(log.Slice(LogIndex(2), LogIndex(4), SIZE_MAX)),
-            (std::vector<uint64_t>{2, 3}));
+  EXPECT_EQ(Indexes(log.Slice(LogIndex(1), LogIndex(5), 300)), (std::vector<uint64_t>{1, 2, 3}));
+  EXPECT_EQ(Indexes(log.Slice(LogIndex(2), LogIndex(4), SIZE_MAX)), (std::vector<uint64_t>{2, 3}));
 }
 
 // Always at least one entry, or an entry bigger than the limit could never be sent.
@@ -281,8 +275,7 @@ TEST(RaftLogNextCommitted, GivesCommittedButUnappliedEntriesInOrder) {
 TEST(RaftLogNextCommitted, RespectsTheByteLimitButGivesAtLeastOneEntry) {
   RaftLog log = LogWithTerms({1, 1, 1}, /*commit=*/3);
   EXPECT_EQ(Indexes(log.NextCommitted(1)), (std::vector<uint64_t>{1}));
-  EXPECT_EQ(Indexes(log.NextCommitted(2 * E(1, 1).ByteSize())),
-            (std::vector<uint64_t>{1, 2}));
+  EXPECT_EQ(Indexes(log.NextCommitted(2 * E(1, 1).ByteSize())), (std::vector<uint64_t>{1, 2}));
 }
 
 TEST(RaftLogNextCommitted, CommitToNeverMovesBackwards) {
@@ -335,8 +328,7 @@ TEST(RaftLogCompaction, TermAtAfterCompactionKnowsTheSnapshotIndexButNothingBelo
   EXPECT_TRUE(log.MatchTerm(LogIndex(4), Term(2)));
   ASSERT_TRUE(log.snapshot().has_value());
   EXPECT_EQ(log.snapshot()->index, LogIndex(4));
-  EXPECT_EQ(Indexes(log.Slice(LogIndex(5), LogIndex(6), SIZE_MAX)),
-            (std::vector<uint64_t>{5}));
+  EXPECT_EQ(Indexes(log.Slice(LogIndex(5), LogIndex(6), SIZE_MAX)), (std::vector<uint64_t>{5}));
   EXPECT_EQ(Indexes(log.NextCommitted(SIZE_MAX)), (std::vector<uint64_t>{5}));
   log.CheckInvariants();
 }
@@ -366,18 +358,17 @@ TEST(RaftLogCompaction, AnOlderSnapshotDoesNotReplaceANewerOne) {
 TEST(RaftLogCompaction, AnAppendOverlappingTheCompactedPrefixIsAccepted) {
   RaftLog log = LogWithTerms({1, 1, 2}, /*commit=*/3);
   log.AppliedTo(LogIndex(3));
-  log.SetSnapshot(Snapshot{.index = LogIndex(2), .term = Term(1)});
+  log.SetSnapshot(Snapshot{.index = LogIndex(2), .term = Term(1), .data = ""});
   log.CompactTo(LogIndex(2));
   bool conflict = true;
-  EXPECT_EQ(log.MaybeAppend(LogIndex(2), Term(1), {E(3, 2), E(4, 2)}, &conflict),
-            LogIndex(4));
+  EXPECT_EQ(log.MaybeAppend(LogIndex(2), Term(1), {E(3, 2), E(4, 2)}, &conflict), LogIndex(4));
   EXPECT_FALSE(conflict);
   EXPECT_EQ(Terms(log), (std::vector<uint64_t>{2, 2}));
 }
 
 TEST(RaftLogCompaction, ALogRecoveredFromASnapshotStartsAfterIt) {
-  RaftLog log(Snapshot{.index = LogIndex(7), .term = Term(3), .data = "s"},
-              {E(8, 3), E(9, 4)}, LogIndex(8));
+  RaftLog log(Snapshot{.index = LogIndex(7), .term = Term(3), .data = "s"}, {E(8, 3), E(9, 4)},
+              LogIndex(8));
   EXPECT_EQ(log.FirstIndex(), LogIndex(8));
   EXPECT_EQ(log.LastIndex(), LogIndex(9));
   EXPECT_EQ(log.committed(), LogIndex(8));
