@@ -1,7 +1,9 @@
 // keel-sim: runs the deterministic simulator.
 //
 //   keel-sim --seed N [--trace] [--plant BUG]         one swarm run drawn from seed N
-//   keel-sim --seeds A..B [--jobs J] [--plant BUG]    many runs, a progress line, failing seeds
+//   keel-sim --seeds A..B [--jobs J] [--plant BUG] [FILE]
+//                                                     many runs (swarm, or FILE under each
+//                                                     seed), a progress line, failing seeds
 //   keel-sim [--seed N] [--trace] [--progress] FILE   replay a scenario file
 //
 // Exit status: 0 when every run passed, 1 when any failed, 2 on bad usage or input.
@@ -18,6 +20,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -47,7 +51,7 @@ int Usage(const char* why) {
   std::fprintf(stderr,
                "keel-sim: %s\n"
                "usage: keel-sim --seed N [--trace] [--plant BUG]\n"
-               "       keel-sim --seeds A..B [--jobs J] [--plant BUG]\n"
+               "       keel-sim --seeds A..B [--jobs J] [--plant BUG] [FILE.scenario]\n"
                "       keel-sim [--seed N] [--trace] [--progress] FILE.scenario\n"
                "BUG (test-only planted bugs): vote-without-log-check, "
                "commit-previous-term, vote-before-persist\n",
@@ -100,7 +104,7 @@ int RunOne(const Args& args, const keel::sim::Scenario& scenario, uint64_t seed)
   return result.ok ? 0 : 1;
 }
 
-int RunSweep(const Args& args) {
+int RunSweep(const Args& args, const keel::sim::Scenario* scenario) {
   const uint64_t total = args.last - args.first + 1;
   std::atomic<uint64_t> next{args.first};
   std::atomic<uint64_t> done{0};
@@ -108,6 +112,7 @@ int RunSweep(const Args& args) {
   std::vector<uint64_t> failing;
   std::vector<std::string> first_failures;
   double simulated = 0;
+  const bool tty = isatty(STDERR_FILENO) != 0;
   const auto start = std::chrono::steady_clock::now();
   auto worker = [&] {
     for (;;) {
@@ -116,7 +121,9 @@ int RunSweep(const Args& args) {
       RunOptions options;
       options.seed = seed;
       ApplyPlant(args.plant, &options.bugs);
-      RunResult result = keel::sim::RunScenario(keel::sim::SwarmScenario(seed), options);
+      RunResult result =
+          scenario != nullptr ? keel::sim::RunScenario(*scenario, options)
+                              : keel::sim::RunScenario(keel::sim::SwarmScenario(seed), options);
       std::lock_guard<std::mutex> lock(mu);
       simulated += result.simulated_seconds;
       if (!result.ok) {
@@ -127,17 +134,21 @@ int RunSweep(const Args& args) {
         }
       }
       const uint64_t d = ++done;
-      if (d % 10 == 0 || d == total) {
-        const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        std::fprintf(stderr, "\r  seeds %" PRIu64 "/%" PRIu64 "  failing %zu  wall %.1fs   ", d,
-                     total, failing.size(), wall);
+      // A live line on a terminal; in a log, a line per tenth of the sweep.
+      const bool show = tty ? (d % 10 == 0 || d == total)
+                            : (d * 10 / total != (d - 1) * 10 / total);
+      if (show) {
+        const double wall =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        std::fprintf(stderr, "%s  seeds %" PRIu64 "/%" PRIu64 "  failing %zu  wall %.1fs   %s",
+                     tty ? "\r" : "", d, total, failing.size(), wall, tty ? "" : "\n");
       }
     }
   };
   std::vector<std::thread> threads;
   for (int j = 0; j < args.jobs; ++j) threads.emplace_back(worker);
   for (std::thread& t : threads) t.join();
-  std::fprintf(stderr, "\n");
+  if (tty) std::fprintf(stderr, "\n");
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::sort(failing.begin(), failing.end());
   for (const std::string& f : first_failures) std::printf("  %s\n", f.c_str());
@@ -195,11 +206,8 @@ int main(int argc, char** argv) {
       return Usage(("unknown argument " + a).c_str());
     }
   }
-  if (args.sweep) {
-    if (args.have_seed || !args.file.empty() || args.trace) {
-      return Usage("--seeds runs swarm seeds; it takes no --seed, --trace or file");
-    }
-    return RunSweep(args);
+  if (args.sweep && (args.have_seed || args.trace)) {
+    return Usage("--seeds takes no --seed or --trace (reproduce one seed for a trace)");
   }
   if (!args.file.empty()) {
     std::ifstream in(args.file);
@@ -211,9 +219,11 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "keel-sim: %s\n", std::string(scenario.status().message()).c_str());
       return 2;
     }
+    if (args.sweep) return RunSweep(args, &*scenario);
     const uint64_t seed = args.have_seed ? args.seed : scenario->seed.value_or(1);
     return RunOne(args, *scenario, seed);
   }
+  if (args.sweep) return RunSweep(args, nullptr);
   if (!args.have_seed) return Usage("give --seed, --seeds or a scenario file");
   return RunOne(args, keel::sim::SwarmScenario(args.seed), args.seed);
 }

@@ -421,6 +421,7 @@ constexpr StepSpec kStepSpecs[] = {
     {"swizzle", StepKind::kSwizzle, "swizzle <interval>", false},
     {"flap", StepKind::kFlap, "flap A B <interval> <total>", false},
     {"transfer", StepKind::kTransfer, "transfer A", true},
+    {"churn", StepKind::kChurn, "churn <duration>", false},
 };
 
 struct MetricName {
@@ -470,6 +471,7 @@ class Parser {
   absl::Status ParseTiming(Args args);
   absl::Status ParseNetwork(Args args);
   absl::Status ParseDisk(Args args);
+  absl::Status ParseRaft(Args args);
   absl::Status ParseWorkload(Args args);
   absl::Status ParseRun(Args args);
   absl::Status ParseStep(const Tokens& tokens);
@@ -516,8 +518,8 @@ absl::Status Parser::ParseLine(const Tokens& tokens, absl::string_view source) {
   const std::string& directive = tokens[0];
   if (directive == "at") return ParseStep(tokens);
   if (directive == "expect") return ParseExpectation(tokens, source);
-  static constexpr absl::string_view kSettings[] = {"cluster", "seed",     "timing", "network",
-                                                    "disk",    "workload", "run"};
+  static constexpr absl::string_view kSettings[] = {"cluster", "seed",     "timing", "raft",
+                                                    "network", "disk",     "workload", "run"};
   if (std::find(std::begin(kSettings), std::end(kSettings), directive) == std::end(kSettings)) {
     return Invalid(absl::StrCat("unknown directive ", Quote(directive)));
   }
@@ -555,6 +557,7 @@ absl::Status Parser::ParseSetting(const std::string& directive, Args args) {
   if (directive == "network") return ParseNetwork(args);
   if (directive == "disk") return ParseDisk(args);
   if (directive == "workload") return ParseWorkload(args);
+  if (directive == "raft") return ParseRaft(args);
   return ParseRun(args);
 }
 
@@ -593,6 +596,28 @@ absl::Status Parser::ParseNetwork(Args args) {
       absl::StatusOr<double> p = ParseProbability(value, key);
       if (!p.ok()) return p.status();
       (key == "loss" ? network.loss : network.duplicate) = *p;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Parser::ParseRaft(Args args) {
+  auto pairs = ParseKeyValues(args, "raft", {"pre_vote", "check_quorum", "message_bytes",
+                                             "inflight"});
+  if (!pairs.ok()) return pairs.status();
+  for (const auto& [key, value] : *pairs) {
+    if (key == "pre_vote" || key == "check_quorum") {
+      if (value != "on" && value != "off") {
+        return Invalid(absl::StrCat(key, " must be on or off, not ", Quote(value)));
+      }
+      (key == "pre_vote" ? scenario_.pre_vote : scenario_.check_quorum) = value == "on";
+    } else {
+      absl::StatusOr<int> n = key == "message_bytes"
+                                  ? ParseIntInRange(value, key, 1, 64 << 20)
+                                  : ParseIntInRange(value, key, 1, 4096);
+      if (!n.ok()) return n.status();
+      (key == "message_bytes" ? scenario_.message_bytes_max : scenario_.inflight_messages_max) =
+          static_cast<size_t>(*n);
     }
   }
   return absl::OkStatus();
@@ -721,12 +746,16 @@ absl::Status Parser::ParseStepArgs(const StepSpec& spec, Args args, Step& step) 
       std::tie(step.duration, step.duration2) = *range;
       return absl::OkStatus();
     }
-    case StepKind::kSwizzle: {
+    case StepKind::kSwizzle:
+    case StepKind::kChurn: {
       absl::Status arity = CheckArity(args, 1, spec.usage);
       if (!arity.ok()) return arity;
       absl::StatusOr<Nanos> interval = ParseDurationText(args[0]);
       if (!interval.ok()) return interval.status();
-      if (*interval == Nanos(0)) return Invalid("swizzle interval must be > 0");
+      if (*interval == Nanos(0)) {
+        return Invalid(spec.kind == StepKind::kChurn ? "churn duration must be > 0"
+                                                     : "swizzle interval must be > 0");
+      }
       step.duration = *interval;
       return absl::OkStatus();
     }

@@ -50,6 +50,9 @@ enum class StepKind {
                // them one by one in another order, `duration` apart
   kFlap,       // flap A B 200ms 5s: toggle the link every `duration` for `duration2`
   kTransfer,   // transfer A: the leader hands leadership to A
+  kChurn,      // churn 5s: for `duration`, each new leader is, with probability 1/2,
+               // isolated or crashed within a few message latencies of its election
+               // and back a little later (a leader-assassination nemesis)
 };
 
 struct Step {
@@ -100,6 +103,7 @@ struct DiskSettings {
   Nanos fsync_min = std::chrono::microseconds(200);
   Nanos fsync_max = Millis(2);
   double crash_in_sync_probability = 0;  // per fsync: power loss before it completes
+  double crash_in_vote_sync_probability = 0;  // the same, for fsyncs of a new term or vote
 };
 
 struct WorkloadSettings {
@@ -118,6 +122,7 @@ struct Scenario {
   bool pre_vote = true;                 // Raft options; the swarm varies them
   bool check_quorum = true;
   size_t message_bytes_max = 4096;      // small, so flow control happens in every run
+  size_t inflight_messages_max = 64;
   NetworkSettings network;              // `network latency=1ms..5ms loss=0 duplicate=0`
   DiskSettings disk;                    // `disk fsync=200us..2ms`
   WorkloadSettings workload;            // `workload clients=3 think=20ms timeout=3s reads=0.1`

@@ -82,7 +82,15 @@ absl::Status SimStorage::Sync() {
   FoldCompleted(hooks_.now());
   if (staged_.empty()) return absl::OkStatus();
   // Syncs complete in order: begin_sync starts this one after any still in flight.
-  const Nanos completes_at = hooks_.begin_sync();
+  bool vote_changed = false;
+  for (const Op& op : staged_) {
+    if (const auto* h = std::get_if<HardStateOp>(&op)) {
+      vote_changed |= h->state.term != last_hard_state_.term ||
+                      h->state.vote != last_hard_state_.vote;
+      last_hard_state_ = h->state;
+    }
+  }
+  const Nanos completes_at = hooks_.begin_sync(vote_changed);
   KEEL_ASSERT(in_flight_.empty() || in_flight_.back().completes_at <= completes_at);
   in_flight_.push_back(Batch{std::move(staged_), completes_at});
   staged_.clear();
@@ -93,6 +101,7 @@ void SimStorage::Crash(Nanos now) {
   FoldCompleted(now);
   in_flight_.clear();
   staged_.clear();
+  last_hard_state_ = durable_.hard_state;
 }
 
 }  // namespace keel::sim

@@ -10,7 +10,7 @@ namespace {
 
 enum FaultKind {
   kPartitionFault, kIsolateLeader, kOneWay, kCrash, kPause, kSkew, kDrift, kLossBurst,
-  kSwizzleFault, kFlapFault, kTransferFault, kFaultKinds
+  kSwizzleFault, kFlapFault, kTransferFault, kLeaderChurn, kAssassin, kFaultKinds
 };
 
 NodeRef Id(int index) { return NodeRef{NodeRef::Kind::kId, NodeId(index + 1), ""}; }
@@ -120,8 +120,53 @@ void AddFault(Rng& r, const Scenario& s, FaultKind kind, Nanos at, std::vector<S
       step.a = Id(static_cast<int>(r.Uniform(n)));
       out.push_back(step);
       return;
+    case kLeaderChurn: {
+      // Jepsen's leader-killing nemesis: knock out whoever leads, again and again, each
+      // time briefly, so that leaders come and go with uncommitted entries in flight.
+      const int rounds = static_cast<int>(r.Range(2, 8));
+      Nanos t = at;
+      for (int k = 0; k < rounds && t < s.run_for; ++k) {
+        const std::string label = absl::StrFormat("churn%d_%d", out.size(), k);
+        const bool crash = r.Chance(0.5);
+        out.push_back(Step{.at = t, .kind = crash ? StepKind::kCrash : StepKind::kIsolate,
+                           .a = Leader(), .label = label});
+        const Nanos back = later(t - at + Between(r, Nanos(0), 2 * et));
+        if (crash) {
+          out.push_back(Step{.at = back, .kind = StepKind::kRestart,
+                             .a = NodeRef{NodeRef::Kind::kLabel, NodeId(0), label}});
+        } else {
+          out.push_back(Step{.at = back, .kind = StepKind::kHeal});
+        }
+        t += Between(r, s.tick_interval, 3 * et);
+      }
+      return;
+    }
+    case kAssassin:
+      step.kind = StepKind::kChurn;
+      step.duration = Between(r, 2 * et, 20 * et);
+      out.push_back(step);
+      return;
     case kFaultKinds: break;
   }
+}
+
+// A profile of its own: leaders assassinated all run long in a small cluster, with slow
+// stop-and-wait replication and no PreVote or CheckQuorum, so deposed leaders keep
+// divergent suffixes and new leaders spend many round trips catching followers up.
+// This is where Raft's Figure 8 lives (committing an old-term entry by counting
+// replicas), which uniform fault mixes almost never reach.
+void AddLeaderChurnProfile(Rng& r, Scenario& s) {
+  s.cluster = 3;
+  s.pre_vote = false;
+  s.check_quorum = false;
+  s.message_bytes_max = 1;
+  s.inflight_messages_max = 1;
+  s.network.latency_max = s.network.latency_min + Between(r, Millis(5), Millis(20));
+  s.workload.clients = static_cast<int>(r.Range(6, 12));
+  s.workload.think = Between(r, Nanos(0), Millis(2));
+  const Nanos et = s.tick_interval * s.election_ticks;
+  s.workload.timeout = 2 * et;  // clients give up on a deposed leader sooner
+  s.steps.push_back(Step{.at = et, .kind = StepKind::kChurn, .duration = s.run_for});
 }
 
 }  // namespace
@@ -140,8 +185,12 @@ Scenario SwarmScenario(uint64_t seed) {
   // etcd 3.4 defaults to PreVote off; deployments run either way, so do we.
   s.pre_vote = r.Chance(0.75);
   s.check_quorum = r.Chance(0.75);
-  // One entry per append makes followers ack entry by entry (Figure 8 territory).
-  s.message_bytes_max = r.Chance(0.5) ? 4096 : 64;
+  // Flow control from stop-and-wait with one entry per append (followers ack entry by
+  // entry and catch up slowly: Figure 8 territory) to wide pipelines.
+  static constexpr size_t kMessageBytes[] = {1, 4096, 64 << 10};
+  static constexpr size_t kInflight[] = {1, 8, 256};
+  s.message_bytes_max = kMessageBytes[r.Uniform(3)];
+  s.inflight_messages_max = kInflight[r.Uniform(3)];
 
   s.network.latency_min = Between(r, std::chrono::microseconds(50), Millis(2));
   s.network.latency_max = s.network.latency_min + Between(r, Nanos(0), s.tick_interval / 2);
@@ -150,6 +199,7 @@ Scenario SwarmScenario(uint64_t seed) {
   s.disk.fsync_min = Between(r, std::chrono::microseconds(20), Millis(1));
   s.disk.fsync_max = s.disk.fsync_min + Between(r, Nanos(0), s.tick_interval / 4);
   s.disk.crash_in_sync_probability = r.Chance(0.5) ? 0 : r.Unit() * 0.01;
+  s.disk.crash_in_vote_sync_probability = r.Chance(0.5) ? 0 : r.Unit() * 0.3;
 
   s.workload.clients = static_cast<int>(r.Range(1, 6));
   s.workload.think = Between(r, Nanos(0), s.tick_interval / 2);
@@ -157,16 +207,20 @@ Scenario SwarmScenario(uint64_t seed) {
   s.workload.read_fraction = r.Unit() * 0.3;
   s.run_for = 40 * et;
 
-  bool enabled[kFaultKinds];
-  bool any = false;
-  for (bool& e : enabled) any |= (e = r.Chance(0.5));
-  const int count = any ? static_cast<int>(r.Range(1, 25)) : 0;
-  for (int k = 0; k < count; ++k) {
-    FaultKind kind;
-    do {
-      kind = static_cast<FaultKind>(r.Uniform(kFaultKinds));
-    } while (!enabled[kind]);
-    AddFault(r, s, kind, Between(r, et, s.run_for - et), s.steps);
+  if (r.Chance(0.4)) {
+    AddLeaderChurnProfile(r, s);
+  } else {
+    bool enabled[kFaultKinds];
+    bool any = false;
+    for (bool& e : enabled) any |= (e = r.Chance(0.5));
+    const int count = any ? static_cast<int>(r.Range(1, 25)) : 0;
+    for (int k = 0; k < count; ++k) {
+      FaultKind kind;
+      do {
+        kind = static_cast<FaultKind>(r.Uniform(kFaultKinds));
+      } while (!enabled[kind]);
+      AddFault(r, s, kind, Between(r, et, s.run_for - et), s.steps);
+    }
   }
   std::stable_sort(s.steps.begin(), s.steps.end(),
                    [](const Step& a, const Step& b) { return a.at < b.at; });

@@ -86,6 +86,9 @@ absl::StatusOr<Message> DecodeMessage(std::string_view bytes, const DecodeLimits
   m.reject_hint = LogIndex(pb.reject_hint());
   m.context = pb.context();
   const bool forwarded = m.type == MessageType::kPropose;
+  if (!forwarded && m.index.value > UINT64_MAX - static_cast<uint64_t>(pb.entries_size())) {
+    return absl::InvalidArgumentError("raft message entry indexes overflow");
+  }
   m.entries.reserve(pb.entries_size());
   for (int k = 0; k < pb.entries_size(); ++k) {
     const raftpb::Entry& pe = pb.entries(k);
@@ -96,6 +99,11 @@ absl::StatusOr<Message> DecodeMessage(std::string_view bytes, const DecodeLimits
     const uint64_t want = forwarded ? 0 : m.index.value + 1 + static_cast<uint64_t>(k);
     if (pe.index() != want || (!forwarded && pe.term() == 0)) {
       return absl::InvalidArgumentError("raft message entries are not contiguous");
+    }
+    // A log's terms never decrease, and no entry is newer than the message's term.
+    if (!forwarded && (pe.term() < (k == 0 ? m.log_term.value : pb.entries(k - 1).term()) ||
+                       pe.term() > m.term.value)) {
+      return absl::InvalidArgumentError("raft message entry terms out of order");
     }
     m.entries.push_back({Term(pe.term()), LogIndex(pe.index()), EntryType::kNormal,
                          pe.data()});

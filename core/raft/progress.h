@@ -6,7 +6,7 @@
 //  kReplicate the follower is in sync; the leader streams appends optimistically
 //             (pipelining), bounded by an in-flight window of messages and bytes.
 //  kSnapshot  the follower needs a snapshot; nothing else is sent until it answers or
-//             the snapshot is presumed lost after an election timeout.
+//             the snapshot is presumed lost after two election timeouts.
 //
 // Invariant: match < next.
 

@@ -232,7 +232,13 @@ bool Raft::HandleTerm(const Message& m) {
                              m.type == MessageType::kSnapshot;
     logger_.Debug("SawHigherTerm").Field("id", config_.id).Field("term", m.term)
         .Field("from", m.from);
+    // Raft Figure 2: a follower's timer restarts on hearing from the leader or on
+    // granting a vote, not on a mere term change. A candidate whose log is behind must
+    // not keep resetting the timers of the nodes that could win (without PreVote it
+    // would livelock the cluster; etcd-raft resets here).
+    const int elapsed = election_elapsed_;
     BecomeFollower(m.term, from_leader ? m.from : kNoNode);
+    if (m.type == MessageType::kVote) election_elapsed_ = elapsed;
     return true;
   }
 
@@ -643,6 +649,10 @@ bool Raft::MaybeCommit() {
   // committed indirectly once an entry of the current term is.
   if (log_.TermAt(quorum_index) != term_ && !config_.bugs.commit_previous_term_entries) {
     return false;
+  }
+  if (log_.TermAt(quorum_index) != term_) {
+    logger_.Info("PlantedBugCommittedPreviousTerm").Field("id", config_.id)
+        .Field("index", quorum_index).Field("term", term_);
   }
   log_.CommitTo(quorum_index);
   ReleaseReadsWaitingForCommit();

@@ -7,6 +7,7 @@
 //            offset <= snapshot.index when a snapshot exists, and entries are contiguous.
 // Positions: entries_[k] has index offset_ + 1 + k.
 
+#include <algorithm>
 #include <deque>
 #include <optional>
 #include <vector>
@@ -61,7 +62,7 @@ class RaftLog {
   std::vector<Entry> UnstableEntries() const;
   // Entries committed but not applied: (applied, committed], at most max_bytes.
   std::vector<Entry> NextCommitted(size_t max_bytes) const;
-  bool HasNextCommitted() const { return committed_ > applied_; }
+  bool HasNextCommitted() const { return committed_ > std::max(applied_, offset_); }
 
   void CommitTo(LogIndex i);   // never moves backwards; requires i <= LastIndex()
   void AppliedTo(LogIndex i);  // requires applied <= i <= committed
