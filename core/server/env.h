@@ -28,6 +28,9 @@ class Env {
   virtual void CancelTimer(TimerId id) = 0;
   // Best effort: the message may be lost, delayed, duplicated or reordered.
   virtual void Send(NodeId to, std::string bytes) = 0;
+  // Requires: seeded so that no two node starts share a sequence (the simulator draws
+  // from the run's one seed; real mode seeds from the OS). Node draws request ids from
+  // it, and a repeated id would be taken for a duplicate of the earlier request.
   virtual Rng& Random() = 0;
   virtual Storage& Disk() = 0;
   virtual Logger Log() = 0;

@@ -56,6 +56,7 @@ absl::Status Node::Start() {
   stopped_ = false;
   tick_timer_ = env_.SetTimer(config_.tick_interval, [this] { Tick(); });
   ProcessReady();
+  if (stopped_) return absl::DataLossError("storage failed while replaying the log");
   return absl::OkStatus();
 }
 
@@ -239,6 +240,15 @@ void Node::FailStop(const absl::Status& status, std::string_view what) {
   if (tick_timer_ != 0) {
     env_.CancelTimer(tick_timer_);
     tick_timer_ = 0;
+  }
+  // Every request still ends exactly once. Its entry may already be on disk or at a
+  // peer, so the outcome is unknown: DeadlineExceeded, as for a timeout.
+  std::map<uint64_t, Pending> pending;
+  pending.swap(pending_);
+  deadlines_.clear();
+  confirmed_reads_.clear();
+  for (auto& [id, p] : pending) {
+    p.done(absl::DeadlineExceededError("node stopped after a storage failure"));
   }
 }
 

@@ -72,7 +72,7 @@ absl::Status Register::Restore(LogIndex index, std::string_view data) {
       return absl::DataLossError(absl::StrCat("register snapshot truncated at value ", k));
     }
     v.index = LogIndex(at);
-    if (at > index.value || (!values.empty() && values.back().index >= v.index) ||
+    if (at == 0 || at > index.value || (!values.empty() && values.back().index >= v.index) ||
         !seen.insert(v.request_id).second) {
       return absl::DataLossError("register snapshot values out of order or duplicated");
     }

@@ -1,0 +1,797 @@
+// Tests for Node (core/server/node.h): Raft glued to the Register and to the world
+// through a fake Env. The fake owns a manual clock (timers fire only when a test
+// advances it), records every message sent, and an in-memory Storage that records every
+// call in order, treats writes as durable at once but counts those not yet covered by a
+// Sync, and fails the next Append or Sync on demand. Everything is deterministic: fixed
+// seeds, no real time, no threads.
+
+#include "core/server/node.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "core/raft/codec.h"
+#include "core/server/register.h"
+#include "gtest/gtest.h"
+
+namespace keel::server {
+namespace {
+
+using raft::Message;
+using raft::MessageType;
+using raft::Role;
+
+// ---- fakes ------------------------------------------------------------------------
+
+class MemStorage : public Storage {
+ public:
+  enum class Op { kAppend, kHardState, kSaveSnapshot, kInstallSnapshot, kCompact, kSync };
+
+  absl::StatusOr<raft::RecoveredState> Load() override {
+    if (!fail_load.ok()) return fail_load;
+    raft::RecoveredState out;
+    out.hard_state = hard_state;
+    out.snapshot = snapshot;
+    const LogIndex after = snapshot ? snapshot->index : LogIndex(0);
+    for (const raft::Entry& e : entries) {
+      if (e.index <= after) continue;  // the tail kept below the snapshot for followers
+      if (e.index != after + 1 + out.entries.size()) {
+        return absl::DataLossError("log has a gap after the snapshot");
+      }
+      out.entries.push_back(e);
+    }
+    return out;
+  }
+
+  absl::Status Append(std::span<const raft::Entry> batch) override {
+    ops.push_back(Op::kAppend);
+    if (!fail_next_append.ok()) return std::exchange(fail_next_append, absl::OkStatus());
+    if (batch.empty()) return absl::OkStatus();
+    while (!entries.empty() && entries.back().index >= batch.front().index) entries.pop_back();
+    if (!entries.empty() && entries.back().index + 1 != batch.front().index) {
+      ADD_FAILURE() << "Append leaves a gap before index " << batch.front().index;
+    }
+    entries.insert(entries.end(), batch.begin(), batch.end());
+    ++unsynced_writes;
+    return absl::OkStatus();
+  }
+
+  absl::Status SaveHardState(const raft::HardState& state) override {
+    ops.push_back(Op::kHardState);
+    hard_state = state;
+    ++unsynced_writes;
+    return absl::OkStatus();
+  }
+
+  absl::Status SaveSnapshot(const raft::Snapshot& s) override {
+    ops.push_back(Op::kSaveSnapshot);
+    ++save_snapshot_count;
+    if (!snapshot || snapshot->index < s.index) snapshot = s;
+    ++unsynced_writes;
+    return absl::OkStatus();
+  }
+
+  absl::Status InstallSnapshot(const raft::Snapshot& s) override {
+    ops.push_back(Op::kInstallSnapshot);
+    entries.clear();
+    snapshot = s;
+    ++unsynced_writes;
+    return absl::OkStatus();
+  }
+
+  absl::Status Compact(LogIndex through) override {
+    ops.push_back(Op::kCompact);
+    ++compact_count;
+    compacted_through = through;
+    if (!snapshot || through > snapshot->index) {
+      ADD_FAILURE() << "Compact(" << through << ") beyond the snapshot";
+    }
+    while (!entries.empty() && entries.front().index <= through) entries.pop_front();
+    ++unsynced_writes;
+    return absl::OkStatus();
+  }
+
+  absl::Status Sync() override {
+    ops.push_back(Op::kSync);
+    ++sync_count;
+    if (!fail_next_sync.ok()) return std::exchange(fail_next_sync, absl::OkStatus());
+    unsynced_writes = 0;
+    return absl::OkStatus();
+  }
+
+  // The durable image.
+  raft::HardState hard_state;
+  std::optional<raft::Snapshot> snapshot;
+  std::deque<raft::Entry> entries;
+
+  // What the node did.
+  std::vector<Op> ops;
+  int sync_count = 0;
+  int save_snapshot_count = 0;
+  int compact_count = 0;
+  LogIndex compacted_through;
+  int unsynced_writes = 0;  // writes since the last successful Sync
+
+  // Faults on demand (OK: no fault).
+  absl::Status fail_load;
+  absl::Status fail_next_append;
+  absl::Status fail_next_sync;
+};
+
+class RecordingSink : public LogSink {
+ public:
+  struct Event {
+    Severity severity;
+    std::string name;
+    std::string fields;
+  };
+  void Write(Severity severity, std::string_view name, std::string_view fields) override {
+    events.push_back({severity, std::string(name), std::string(fields)});
+  }
+  int CountAtLeast(Severity s) const {
+    int n = 0;
+    for (const Event& e : events) n += e.severity >= s ? 1 : 0;
+    return n;
+  }
+  std::vector<Event> events;
+};
+
+class FakeEnv : public Env {
+ public:
+  FakeEnv(MemStorage& storage, uint64_t seed, LogSink* sink = nullptr)
+      : storage_(storage), rng_(seed), sink_(sink) {}
+
+  Nanos Now() override { return now_; }
+  TimerId SetTimer(Nanos after, std::function<void()> fn) override {
+    const TimerId id = ++last_timer_id_;
+    timers_.emplace(now_ + after, std::make_pair(id, std::move(fn)));
+    return id;
+  }
+  void CancelTimer(TimerId id) override {
+    for (auto it = timers_.begin(); it != timers_.end(); ++it) {
+      if (it->second.first == id) {
+        timers_.erase(it);
+        return;
+      }
+    }
+  }
+  void Send(NodeId to, std::string bytes) override { sent.emplace_back(to, std::move(bytes)); }
+  Rng& Random() override { return rng_; }
+  Storage& Disk() override { return storage_; }
+  Logger Log() override { return Logger(sink_, Severity::kDebug); }
+
+  // Moves the clock forward by `d`, firing every timer due by then in deadline order.
+  void AdvanceBy(Nanos d) {
+    const Nanos target = now_ + d;
+    while (!timers_.empty() && timers_.begin()->first <= target) {
+      auto it = timers_.begin();
+      now_ = it->first;
+      std::function<void()> fn = std::move(it->second.second);
+      timers_.erase(it);
+      fn();
+    }
+    now_ = target;
+  }
+  void Ticks(int n) { AdvanceBy(Millis(100) * n); }
+  size_t timer_count() const { return timers_.size(); }
+
+  // Every message sent, decoded (the node only sends what it encoded itself).
+  std::vector<Message> SentMessages() const {
+    std::vector<Message> out;
+    for (const auto& [to, bytes] : sent) {
+      absl::StatusOr<Message> m = raft::DecodeMessage(bytes);
+      EXPECT_TRUE(m.ok()) << m.status();
+      if (m.ok()) {
+        EXPECT_EQ(m->to, to);
+        out.push_back(std::move(*m));
+      }
+    }
+    return out;
+  }
+
+  std::vector<std::pair<NodeId, std::string>> sent;
+
+ private:
+  MemStorage& storage_;
+  Rng rng_;
+  LogSink* sink_;
+  Nanos now_{0};
+  TimerId last_timer_id_ = 0;
+  std::multimap<Nanos, std::pair<TimerId, std::function<void()>>> timers_;
+};
+
+// ---- helpers ----------------------------------------------------------------------
+
+NodeConfig Config(std::vector<uint64_t> voters) {
+  NodeConfig c;
+  c.raft.id = NodeId(1);
+  for (uint64_t v : voters) c.raft.voters.push_back(NodeId(v));
+  return c;
+}
+
+// The outcome of one request: how many times its callback ran, and the last status.
+struct Outcome {
+  int calls = 0;
+  absl::Status status = absl::UnknownError("never completed");
+};
+
+Node::Done Capture(Outcome* out) {
+  return [out](absl::Status st) {
+    ++out->calls;
+    out->status = std::move(st);
+  };
+}
+
+std::string Heartbeat(uint64_t from, uint64_t term) {
+  Message m;
+  m.type = MessageType::kHeartbeat;
+  m.from = NodeId(from);
+  m.to = NodeId(1);
+  m.term = Term(term);
+  return raft::EncodeMessage(m);
+}
+
+// The storage calls between two Syncs: one group commit each.
+std::vector<std::vector<MemStorage::Op>> Batches(const std::vector<MemStorage::Op>& ops) {
+  std::vector<std::vector<MemStorage::Op>> out(1);
+  for (MemStorage::Op op : ops) {
+    if (op == MemStorage::Op::kSync) {
+      out.emplace_back();
+    } else {
+      out.back().push_back(op);
+    }
+  }
+  out.pop_back();  // writes after the last Sync are not a finished batch
+  return out;
+}
+
+// A single-node cluster, started and elected.
+struct SingleNode {
+  explicit SingleNode(NodeConfig config = Config({1}), LogSink* sink = nullptr)
+      : env(storage, 1, sink), node(std::move(config), env, reg) {
+    EXPECT_TRUE(node.Start().ok());
+    env.Ticks(20);
+    EXPECT_EQ(node.raft().role(), Role::kLeader);
+  }
+  MemStorage storage;
+  FakeEnv env;
+  Register reg;
+  Node node;
+};
+
+// ---- election and proposals on a single node ---------------------------------------
+
+TEST(NodeElection, SingleNodeElectsItselfAfterOneElectionTimeout) {
+  MemStorage storage;
+  FakeEnv env(storage, 1);
+  Register reg;
+  Node node(Config({1}), env, reg);
+  ASSERT_TRUE(node.Start().ok());
+  EXPECT_FALSE(node.stopped());
+
+  env.Ticks(9);  // the randomized timeout is in [election_ticks, 2 * election_ticks)
+  EXPECT_EQ(node.raft().role(), Role::kFollower);
+  env.Ticks(11);
+  EXPECT_EQ(node.raft().role(), Role::kLeader);
+  EXPECT_EQ(node.raft().term(), Term(1));
+  // Raft Figure 2: the term and the vote are durable before the node acts as leader.
+  EXPECT_EQ(storage.hard_state.term, Term(1));
+  EXPECT_EQ(storage.hard_state.vote, NodeId(1));
+  EXPECT_EQ(storage.unsynced_writes, 0);
+  EXPECT_TRUE(env.sent.empty());  // nobody to talk to
+}
+
+TEST(NodePropose, SingleNodeLeaderCompletesAProposalOnceTheRegisterAppliedIt) {
+  SingleNode n;
+  Outcome out;
+  size_t values_when_done = 0;
+  n.node.Propose("hello", [&](absl::Status st) {
+    values_when_done = n.reg.values().size();
+    ++out.calls;
+    out.status = std::move(st);
+  });
+
+  EXPECT_EQ(out.calls, 1);
+  EXPECT_TRUE(out.status.ok()) << out.status;
+  EXPECT_EQ(values_when_done, 1u);  // applied first, then reported
+  ASSERT_EQ(n.reg.values().size(), 1u);
+  EXPECT_EQ(n.reg.values()[0].data, "hello");
+  EXPECT_EQ(n.reg.values()[0].index, LogIndex(2));  // after the leader's no-op at 1
+
+  n.env.Ticks(100);  // past request_timeout: a finished request never ends twice
+  EXPECT_EQ(out.calls, 1);
+}
+
+TEST(NodePropose, SingleNodeLeaderAppliesProposalsInTheOrderProposed) {
+  SingleNode n;
+  std::vector<Outcome> outs(5);
+  for (int k = 0; k < 5; ++k) n.node.Propose(absl::StrCat("v", k), Capture(&outs[k]));
+
+  ASSERT_EQ(n.reg.values().size(), 5u);
+  for (int k = 0; k < 5; ++k) {
+    EXPECT_EQ(outs[k].calls, 1);
+    EXPECT_TRUE(outs[k].status.ok());
+    EXPECT_EQ(n.reg.values()[k].data, absl::StrCat("v", k));
+  }
+}
+
+TEST(NodePropose, ProposalIsReportedOnlyAfterItsEntryAndCommitAreSynced) {
+  SingleNode n;
+  int unsynced_when_done = -1;
+  bool entry_on_disk_when_done = false;
+  n.node.Propose("durable", [&](absl::Status st) {
+    EXPECT_TRUE(st.ok());
+    unsynced_when_done = n.storage.unsynced_writes;
+    for (const raft::Entry& e : n.storage.entries) {
+      entry_on_disk_when_done |= e.data.ends_with("durable");
+    }
+  });
+  EXPECT_EQ(unsynced_when_done, 0);
+  EXPECT_TRUE(entry_on_disk_when_done);
+  EXPECT_GE(n.storage.hard_state.commit, LogIndex(2));
+}
+
+// ---- group commit -----------------------------------------------------------------
+
+TEST(NodeGroupCommit, ElectionWritesItsEntryAndHardStateUnderOneSync) {
+  MemStorage storage;
+  FakeEnv env(storage, 1);
+  Register reg;
+  Node node(Config({1}), env, reg);
+  ASSERT_TRUE(node.Start().ok());
+  env.Ticks(20);
+  ASSERT_EQ(node.raft().role(), Role::kLeader);
+
+  using Op = MemStorage::Op;
+  // Ready 1: the no-op entry and the new term/vote, one Sync for both.
+  // Ready 2: the commit index that the leader's own durable write allowed.
+  const std::vector<std::vector<Op>> want = {{Op::kAppend, Op::kHardState}, {Op::kHardState}};
+  EXPECT_EQ(Batches(storage.ops), want);
+  EXPECT_EQ(storage.ops.back(), Op::kSync);  // nothing left unsynced
+}
+
+TEST(NodeGroupCommit, OneProposalOnASingleNodeLeaderSyncsOncePerReady) {
+  SingleNode n;
+  n.storage.ops.clear();
+  const int syncs_before = n.storage.sync_count;
+  Outcome out;
+  n.node.Propose("x", Capture(&out));
+  ASSERT_TRUE(out.status.ok());
+
+  // Two Readies: the entry (then it counts toward the quorum and commits), then the
+  // commit index with the entry to apply. One Sync each, never one per write.
+  using Op = MemStorage::Op;
+  EXPECT_EQ(n.storage.sync_count - syncs_before, 2);
+  const std::vector<std::vector<Op>> want = {{Op::kAppend}, {Op::kHardState}};
+  EXPECT_EQ(Batches(n.storage.ops), want);
+  EXPECT_EQ(n.storage.ops.back(), Op::kSync);
+}
+
+TEST(NodeGroupCommit, TicksOfAnIdleLeaderWriteAndSyncNothing) {
+  SingleNode n;
+  n.storage.ops.clear();
+  n.env.Ticks(50);
+  EXPECT_TRUE(n.storage.ops.empty());  // no Sync without a write to make durable
+}
+
+// ---- reads ------------------------------------------------------------------------
+
+TEST(NodeRead, ReadOnASingleNodeLeaderCompletesOkWithoutTouchingTheDisk) {
+  SingleNode n;
+  Outcome w;
+  n.node.Propose("before the read", Capture(&w));
+  ASSERT_TRUE(w.status.ok());
+  n.storage.ops.clear();
+
+  Outcome r;
+  size_t values_when_done = 0;
+  n.node.Read([&](absl::Status st) {
+    values_when_done = n.reg.values().size();
+    ++r.calls;
+    r.status = std::move(st);
+  });
+
+  EXPECT_EQ(r.calls, 1);
+  EXPECT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(values_when_done, 1u);  // the read point covers the acknowledged write
+  EXPECT_TRUE(n.storage.ops.empty());
+  n.env.Ticks(100);
+  EXPECT_EQ(r.calls, 1);
+}
+
+TEST(NodeRead, ReadOnAFollowerWithNoKnownLeaderIsUnavailableAtOnce) {
+  MemStorage storage;
+  FakeEnv env(storage, 1);
+  Register reg;
+  Node node(Config({1, 2, 3}), env, reg);
+  ASSERT_TRUE(node.Start().ok());
+
+  Outcome r;
+  node.Read(Capture(&r));
+  EXPECT_EQ(r.calls, 1);
+  EXPECT_TRUE(absl::IsUnavailable(r.status)) << r.status;
+  EXPECT_TRUE(env.sent.empty());
+}
+
+// ---- requests on a follower ---------------------------------------------------------
+
+TEST(NodePropose, FollowerWithNoKnownLeaderRefusesAProposalAtOnceAsUnavailable) {
+  MemStorage storage;
+  FakeEnv env(storage, 1);
+  Register reg;
+  Node node(Config({1, 2, 3}), env, reg);
+  ASSERT_TRUE(node.Start().ok());
+
+  Outcome out;
+  node.Propose("x", Capture(&out));
+
+  EXPECT_EQ(out.calls, 1);
+  EXPECT_TRUE(absl::IsUnavailable(out.status)) << out.status;
+  EXPECT_TRUE(env.sent.empty());  // nothing forwarded: the refusal guarantees nothing
+  EXPECT_TRUE(storage.ops.empty());
+  EXPECT_TRUE(reg.values().empty());
+
+  env.Ticks(60);  // past request_timeout: the refused request does not also time out
+  EXPECT_EQ(out.calls, 1);
+  EXPECT_TRUE(absl::IsUnavailable(out.status));
+}
+
+TEST(NodePropose, FollowerForwardsAProposalToTheLeaderItHeardAHeartbeatFrom) {
+  MemStorage storage;
+  FakeEnv env(storage, 1);
+  Register reg;
+  Node node(Config({1, 2, 3}), env, reg);
+  ASSERT_TRUE(node.Start().ok());
+  node.Receive(Heartbeat(2, 1));
+  ASSERT_EQ(node.raft().leader(), NodeId(2));
+  ASSERT_EQ(node.raft().term(), Term(1));
+  env.sent.clear();
+
+  Outcome out;
+  node.Propose("forwarded", Capture(&out));
+
+  EXPECT_EQ(out.calls, 0);  // undecided until applied or timed out
+  const std::vector<Message> sent = env.SentMessages();
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_EQ(sent[0].type, MessageType::kPropose);
+  EXPECT_EQ(sent[0].to, NodeId(2));
+  ASSERT_EQ(sent[0].entries.size(), 1u);
+  EXPECT_TRUE(sent[0].entries[0].data.ends_with("forwarded"));
+  EXPECT_TRUE(reg.values().empty());
+}
+
+TEST(NodeRequestTimeout, UndecidedForwardedProposalEndsWithDeadlineExceededAfterTheTimeout) {
+  MemStorage storage;
+  FakeEnv env(storage, 1);
+  Register reg;
+  Node node(Config({1, 2, 3}), env, reg);
+  ASSERT_TRUE(node.Start().ok());
+  node.Receive(Heartbeat(2, 1));
+  ASSERT_EQ(node.raft().leader(), NodeId(2));
+
+  Outcome propose;
+  Outcome read;
+  node.Propose("lost", Capture(&propose));
+  node.Read(Capture(&read));  // forwarded as a ReadIndex, never answered either
+  ASSERT_EQ(propose.calls, 0);
+  ASSERT_EQ(read.calls, 0);
+
+  const Nanos timeout = node.config().request_timeout;
+  env.AdvanceBy(timeout - Millis(1));
+  EXPECT_EQ(propose.calls, 0);  // not before request_timeout
+  EXPECT_EQ(read.calls, 0);
+
+  env.AdvanceBy(node.config().tick_interval + Millis(1));  // expiry runs on a tick
+  EXPECT_EQ(propose.calls, 1);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(propose.status)) << propose.status;
+  EXPECT_EQ(read.calls, 1);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(read.status)) << read.status;
+
+  env.AdvanceBy(timeout * 2);
+  EXPECT_EQ(propose.calls, 1);  // exactly once
+  EXPECT_EQ(read.calls, 1);
+  EXPECT_TRUE(reg.values().empty());
+}
+
+TEST(NodeRequestTimeout, PendingRequestsAreLimitedAndTheLimitIsAnError) {
+  NodeConfig config = Config({1, 2, 3});
+  config.pending_requests_max = 2;
+  MemStorage storage;
+  FakeEnv env(storage, 1);
+  Register reg;
+  Node node(config, env, reg);
+  ASSERT_TRUE(node.Start().ok());
+  node.Receive(Heartbeat(2, 1));
+  env.sent.clear();
+
+  Outcome a, b, c;
+  node.Propose("a", Capture(&a));
+  node.Read(Capture(&b));
+  node.Propose("c", Capture(&c));
+
+  EXPECT_EQ(a.calls, 0);
+  EXPECT_EQ(b.calls, 0);
+  EXPECT_EQ(c.calls, 1);
+  EXPECT_TRUE(absl::IsResourceExhausted(c.status)) << c.status;
+  EXPECT_EQ(env.sent.size(), 2u);  // the refused one was not forwarded
+}
+
+// ---- untrusted bytes ----------------------------------------------------------------
+
+TEST(NodeReceive, GarbageBytesChangeNothing) {
+  MemStorage storage;
+  RecordingSink sink;
+  FakeEnv env(storage, 1, &sink);
+  Register reg;
+  Node node(Config({1, 2, 3}), env, reg);
+  ASSERT_TRUE(node.Start().ok());
+  node.Receive(Heartbeat(2, 1));
+  env.sent.clear();
+  storage.ops.clear();
+  const raft::HardState hard_state = node.raft().CurrentHardState();
+
+  std::vector<std::string> inputs = {"", "garbage", std::string(64, '\xff'), std::string(8, '\0')};
+  Message to_other;  // well-formed but for node 3
+  to_other.type = MessageType::kHeartbeat;
+  to_other.from = NodeId(2);
+  to_other.to = NodeId(3);
+  to_other.term = Term(9);
+  inputs.push_back(raft::EncodeMessage(to_other));
+  Message from_stranger;  // well-formed, higher term, from a node not in the cluster
+  from_stranger.type = MessageType::kVote;
+  from_stranger.from = NodeId(9);
+  from_stranger.to = NodeId(1);
+  from_stranger.term = Term(9);
+  inputs.push_back(raft::EncodeMessage(from_stranger));
+  Rng rng(7);
+  for (int k = 0; k < 200; ++k) {
+    std::string s(rng.Uniform(64), '\0');
+    for (char& ch : s) ch = static_cast<char>(rng.Next());
+    inputs.push_back(std::move(s));
+  }
+
+  for (const std::string& bytes : inputs) node.Receive(bytes);
+
+  EXPECT_FALSE(node.stopped());
+  EXPECT_EQ(node.raft().CurrentHardState(), hard_state);
+  EXPECT_EQ(node.raft().role(), Role::kFollower);
+  EXPECT_EQ(node.raft().leader(), NodeId(2));
+  EXPECT_TRUE(env.sent.empty());
+  EXPECT_TRUE(storage.ops.empty());
+  EXPECT_TRUE(reg.values().empty());
+  EXPECT_EQ(sink.CountAtLeast(Severity::kError), 0);  // a peer's garbage is a warning
+}
+
+// ---- fail-stop --------------------------------------------------------------------
+
+TEST(NodeFailStop, SyncErrorStopsTheNodeLogsAnErrorAndIgnoresEverythingAfter) {
+  RecordingSink sink;
+  SingleNode n(Config({1}), &sink);
+  ASSERT_EQ(sink.CountAtLeast(Severity::kError), 0);
+
+  n.storage.fail_next_sync = absl::DataLossError("fsync: EIO");
+  Outcome first;
+  n.node.Propose("never applied", Capture(&first));
+
+  EXPECT_TRUE(n.node.stopped());
+  EXPECT_TRUE(n.reg.values().empty());  // nothing is applied after a failed sync
+  ASSERT_GE(sink.CountAtLeast(Severity::kError), 1);
+  bool named = false;
+  for (const RecordingSink::Event& e : sink.events) {
+    named |= e.severity == Severity::kError && e.name == "StorageFailed";
+  }
+  EXPECT_TRUE(named);
+
+  // Later events: no timer left, and nothing reaches the disk, the network or Raft.
+  EXPECT_EQ(n.env.timer_count(), 0u);
+  n.storage.ops.clear();
+  n.env.sent.clear();
+  const Term term = n.node.raft().term();
+  const LogIndex last = n.node.raft().log().LastIndex();
+
+  Outcome later;
+  n.node.Propose("after the failure", Capture(&later));
+  EXPECT_EQ(later.calls, 1);
+  EXPECT_TRUE(absl::IsUnavailable(later.status)) << later.status;
+  Outcome read;
+  n.node.Read(Capture(&read));
+  EXPECT_EQ(read.calls, 1);
+  EXPECT_TRUE(absl::IsUnavailable(read.status)) << read.status;
+  EXPECT_TRUE(absl::IsUnavailable(n.node.TransferLeadership(NodeId(1))));
+  n.node.Receive(Heartbeat(2, 5));
+  n.env.Ticks(100);
+
+  EXPECT_TRUE(n.node.stopped());
+  EXPECT_TRUE(n.storage.ops.empty());
+  EXPECT_TRUE(n.env.sent.empty());
+  EXPECT_EQ(n.node.raft().term(), term);
+  EXPECT_EQ(n.node.raft().log().LastIndex(), last);
+  EXPECT_TRUE(n.reg.values().empty());
+}
+
+TEST(NodeFailStop, AppendErrorStopsTheNodeBeforeItSyncsOrApplies) {
+  RecordingSink sink;
+  SingleNode n(Config({1}), &sink);
+  n.storage.ops.clear();
+
+  n.storage.fail_next_append = absl::InternalError("write: ENOSPC");
+  Outcome out;
+  n.node.Propose("x", Capture(&out));
+
+  EXPECT_TRUE(n.node.stopped());
+  EXPECT_EQ(n.storage.ops, std::vector<MemStorage::Op>{MemStorage::Op::kAppend});
+  EXPECT_TRUE(n.reg.values().empty());
+  EXPECT_GE(sink.CountAtLeast(Severity::kError), 1);
+}
+
+// Node's header: "Every request ends exactly once". A request in flight when the node
+// fail-stops can no longer be decided by it; it must still end (as indeterminate, since
+// its entry may already be on disk or at peers), or its client waits forever.
+TEST(NodeFailStop, RequestPendingWhenTheNodeFailStopsStillEndsAsIndeterminate) {
+  SingleNode n;
+  n.storage.fail_next_sync = absl::DataLossError("fsync: EIO");
+  Outcome out;
+  n.node.Propose("in flight", Capture(&out));
+  ASSERT_TRUE(n.node.stopped());
+
+  n.env.Ticks(100);  // well past request_timeout
+  EXPECT_EQ(out.calls, 1);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(out.status)) << out.status;
+}
+
+TEST(NodeStart, LoadErrorLeavesTheNodeStoppedWithNoTimer) {
+  MemStorage storage;
+  storage.fail_load = absl::DataLossError("bad page");
+  RecordingSink sink;
+  FakeEnv env(storage, 1, &sink);
+  Register reg;
+  Node node(Config({1}), env, reg);
+
+  EXPECT_TRUE(absl::IsDataLoss(node.Start()));
+  EXPECT_TRUE(node.stopped());
+  EXPECT_EQ(env.timer_count(), 0u);
+  EXPECT_GE(sink.CountAtLeast(Severity::kError), 1);
+  Outcome out;
+  node.Propose("x", Capture(&out));
+  EXPECT_TRUE(absl::IsUnavailable(out.status));
+}
+
+TEST(NodeStart, CorruptSnapshotOnDiskStopsTheNodeAndLeavesTheRegisterAlone) {
+  MemStorage storage;
+  storage.hard_state = {Term(1), NodeId(1), LogIndex(3)};
+  storage.snapshot = raft::Snapshot{LogIndex(3), Term(1), "not a register snapshot"};
+  FakeEnv env(storage, 1);
+  Register reg;
+  reg.Apply(LogIndex(1), 5, "kept");
+  Node node(Config({1}), env, reg);
+
+  EXPECT_FALSE(node.Start().ok());
+  EXPECT_TRUE(node.stopped());
+  EXPECT_EQ(env.timer_count(), 0u);
+  ASSERT_EQ(reg.values().size(), 1u);
+  EXPECT_EQ(reg.values()[0].data, "kept");
+}
+
+// ---- snapshots --------------------------------------------------------------------
+
+NodeConfig SnapshottingConfig() {
+  NodeConfig c = Config({1});
+  c.snapshot_entries = 5;
+  c.snapshot_catchup_entries = 2;
+  return c;
+}
+
+// Index 1 is the leader's no-op; proposals k = 0..11 land at indexes 2..13.
+void ProposeTwelve(Node& node, const Register& reg) {
+  for (int k = 0; k < 12; ++k) {
+    Outcome out;
+    node.Propose(absl::StrCat("value-", k), Capture(&out));
+    ASSERT_TRUE(out.status.ok()) << k << ": " << out.status;
+  }
+  ASSERT_EQ(reg.values().size(), 12u);
+}
+
+TEST(NodeSnapshot, TakesASnapshotEverySnapshotEntriesAndKeepsCatchupEntries) {
+  SingleNode n(SnapshottingConfig());
+  ProposeTwelve(n.node, n.reg);
+
+  // Applied reaches 5 and 10: a snapshot each, then compaction through applied - 2.
+  EXPECT_EQ(n.storage.save_snapshot_count, 2);
+  EXPECT_EQ(n.storage.compact_count, 2);
+  ASSERT_TRUE(n.storage.snapshot.has_value());
+  EXPECT_EQ(n.storage.snapshot->index, LogIndex(10));
+  EXPECT_EQ(n.storage.snapshot->term, Term(1));
+  EXPECT_EQ(n.storage.compacted_through, LogIndex(8));
+  ASSERT_FALSE(n.storage.entries.empty());
+  EXPECT_EQ(n.storage.entries.front().index, LogIndex(9));
+  EXPECT_EQ(n.storage.entries.back().index, LogIndex(13));
+  EXPECT_EQ(n.node.raft().log().FirstIndex(), LogIndex(9));
+
+  // The snapshot holds exactly the values applied through its index.
+  Register from_snapshot;
+  ASSERT_TRUE(from_snapshot.Restore(LogIndex(10), n.storage.snapshot->data).ok());
+  const std::vector<Register::Value> want(n.reg.values().begin(),
+                                          n.reg.values().begin() + 9);  // indexes 2..10
+  EXPECT_EQ(from_snapshot.values(), want);
+}
+
+TEST(NodeSnapshot, CompactionIsWrittenRightAfterTheSnapshotThatCoversItAndThenSynced) {
+  SingleNode n(SnapshottingConfig());
+  n.storage.ops.clear();
+  ProposeTwelve(n.node, n.reg);
+
+  using Op = MemStorage::Op;
+  const std::vector<Op>& ops = n.storage.ops;
+  int pairs = 0;
+  for (size_t k = 0; k < ops.size(); ++k) {
+    if (ops[k] != Op::kCompact) continue;
+    // A crash must never keep a compaction without the snapshot that covers it.
+    ASSERT_GT(k, 0u);
+    EXPECT_EQ(ops[k - 1], Op::kSaveSnapshot);
+    // Durable with the next Ready's Sync (no extra Sync of its own is required).
+    EXPECT_NE(std::find(ops.begin() + k, ops.end(), Op::kSync), ops.end());
+    ++pairs;
+  }
+  EXPECT_EQ(pairs, 2);
+}
+
+TEST(NodeSnapshot, RestartRestoresTheRegisterFromTheSnapshotThenAppliesTheRestOfTheLog) {
+  MemStorage storage;
+  std::vector<Register::Value> before;
+  {
+    FakeEnv env(storage, 1);
+    Register reg;
+    Node node(SnapshottingConfig(), env, reg);
+    ASSERT_TRUE(node.Start().ok());
+    env.Ticks(20);
+    ASSERT_EQ(node.raft().role(), Role::kLeader);
+    ProposeTwelve(node, reg);
+    before = reg.values();
+  }  // the node, its Env and its Register are gone; the storage stays
+  ASSERT_EQ(storage.save_snapshot_count, 2);
+  ASSERT_TRUE(storage.snapshot.has_value());
+  const LogIndex snapshot_index = storage.snapshot->index;
+  ASSERT_EQ(snapshot_index, LogIndex(10));
+
+  FakeEnv env(storage, 2);
+  Register reg;
+  std::vector<Register::Value> applied_after_restore;
+  size_t values_at_first_apply = 0;
+  reg.SetObserver([&](const Register::Value& v) {
+    if (applied_after_restore.empty()) values_at_first_apply = reg.values().size();
+    applied_after_restore.push_back(v);
+  });
+  Node node(SnapshottingConfig(), env, reg);
+  ASSERT_TRUE(node.Start().ok());
+
+  // Values through the snapshot came from Restore (no observer call); the log after it
+  // was applied on top, in order.
+  EXPECT_EQ(reg.values(), before);
+  ASSERT_FALSE(applied_after_restore.empty());
+  EXPECT_EQ(values_at_first_apply, 10u);  // 9 restored + the first replayed one
+  for (const Register::Value& v : applied_after_restore) EXPECT_GT(v.index, snapshot_index);
+  const std::vector<Register::Value> tail(before.begin() + 9, before.end());
+  EXPECT_EQ(applied_after_restore, tail);
+
+  // And it carries on: re-elected at a new term, it appends after the restored log.
+  env.Ticks(20);
+  ASSERT_EQ(node.raft().role(), Role::kLeader);
+  Outcome out;
+  node.Propose("after restart", Capture(&out));
+  ASSERT_TRUE(out.status.ok()) << out.status;
+  ASSERT_EQ(reg.values().size(), before.size() + 1);
+  EXPECT_EQ(reg.values().back().data, "after restart");
+  EXPECT_EQ(reg.values().back().index, LogIndex(15));  // 14 is the new term's no-op
+}
+
+}  // namespace
+}  // namespace keel::server
