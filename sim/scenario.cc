@@ -603,7 +603,7 @@ absl::Status Parser::ParseNetwork(Args args) {
 
 absl::Status Parser::ParseRaft(Args args) {
   auto pairs = ParseKeyValues(args, "raft", {"pre_vote", "check_quorum", "message_bytes",
-                                             "inflight"});
+                                             "inflight", "snapshot"});
   if (!pairs.ok()) return pairs.status();
   for (const auto& [key, value] : *pairs) {
     if (key == "pre_vote" || key == "check_quorum") {
@@ -611,6 +611,10 @@ absl::Status Parser::ParseRaft(Args args) {
         return Invalid(absl::StrCat(key, " must be on or off, not ", Quote(value)));
       }
       (key == "pre_vote" ? scenario_.pre_vote : scenario_.check_quorum) = value == "on";
+    } else if (key == "snapshot") {
+      absl::StatusOr<int> n = ParseIntInRange(value, key, 5, 1000000);
+      if (!n.ok()) return n.status();
+      scenario_.snapshot_entries = static_cast<uint64_t>(*n);
     } else {
       absl::StatusOr<int> n = key == "message_bytes"
                                   ? ParseIntInRange(value, key, 1, 64 << 20)

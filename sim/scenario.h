@@ -123,6 +123,8 @@ struct Scenario {
   bool check_quorum = true;
   size_t message_bytes_max = 4096;      // small, so flow control happens in every run
   size_t inflight_messages_max = 64;
+  uint64_t snapshot_entries = 1000;     // applied entries between snapshots (etcd:
+                                        // --snapshot-count); the log keeps 1/5 after one
   NetworkSettings network;              // `network latency=1ms..5ms loss=0 duplicate=0`
   DiskSettings disk;                    // `disk fsync=200us..2ms`
   WorkloadSettings workload;            // `workload clients=3 think=20ms timeout=3s reads=0.1`

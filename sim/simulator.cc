@@ -28,10 +28,12 @@ std::string FormatTime(Nanos t) {
   return absl::StrFormat("%.6fs", static_cast<double>(t.count()) / 1e9);
 }
 
+// The heap holds small records; the callbacks live in a slab, so sifting the heap moves
+// 24 bytes instead of a std::function.
 struct Event {
   Nanos at;
   uint64_t seq;
-  std::function<void()> fn;
+  uint32_t slot;
 };
 struct EventLater {
   bool operator()(const Event& a, const Event& b) const {
@@ -178,6 +180,8 @@ class Sim {
   uint64_t seq_ = 0;
   uint64_t events_ = 0;
   std::priority_queue<Event, std::vector<Event>, EventLater> queue_;
+  std::vector<std::function<void()>> callbacks_;  // by Event::slot
+  std::vector<uint32_t> free_slots_;
   std::vector<SimNode> nodes_;
   RaftChecker checker_;
   TraceHash hash_;
@@ -266,7 +270,16 @@ Sim::Sim(const Scenario& scenario, const RunOptions& options)
 
 void Sim::Schedule(Nanos at, std::function<void()> fn) {
   KEEL_ASSERT(at >= now_);
-  queue_.push(Event{at, seq_++, std::move(fn)});
+  uint32_t slot;
+  if (free_slots_.empty()) {
+    slot = static_cast<uint32_t>(callbacks_.size());
+    callbacks_.push_back(std::move(fn));
+  } else {
+    slot = free_slots_.back();
+    free_slots_.pop_back();
+    callbacks_[slot] = std::move(fn);
+  }
+  queue_.push(Event{at, seq_++, slot});
 }
 
 void Sim::ScheduleOnNode(int node, Nanos at, uint64_t incarnation, std::function<void()> fn) {
@@ -335,12 +348,13 @@ void Sim::Observe(int node, const Observation& o) {
 bool Sim::RunUntil(Nanos end, const std::function<bool()>& done) {
   while (!queue_.empty() && queue_.top().at <= end) {
     if (done && done()) return true;
-    // priority_queue::top is const; the event is moved out before pop.
-    Event ev = std::move(const_cast<Event&>(queue_.top()));
+    const Event ev = queue_.top();
     queue_.pop();
     now_ = ev.at;
     ++events_;
-    ev.fn();
+    std::function<void()> fn = std::move(callbacks_[ev.slot]);
+    free_slots_.push_back(ev.slot);
+    fn();
   }
   now_ = std::max(now_, end);
   return done && done();
@@ -414,14 +428,12 @@ void Sim::StartNode(int node) {
   config.raft.pre_vote = scenario_.pre_vote;
   config.raft.check_quorum = scenario_.check_quorum;
   config.raft.bugs = options_.bugs;
-  // Small snapshots and messages so that compaction, snapshot catch-up and flow control
-  // happen in every run, not only in long ones.
   config.raft.message_bytes_max = scenario_.message_bytes_max;
   config.raft.inflight_messages_max = scenario_.inflight_messages_max;
   config.tick_interval = scenario_.tick_interval;
   config.request_timeout = scenario_.workload.timeout;
-  config.snapshot_entries = 200;
-  config.snapshot_catchup_entries = 50;
+  config.snapshot_entries = scenario_.snapshot_entries;
+  config.snapshot_catchup_entries = scenario_.snapshot_entries / 5;
   n.node = std::make_unique<server::Node>(config, *n.env, *n.state);
 
   absl::StatusOr<raft::RecoveredState> recovered = n.storage->Load();
@@ -472,6 +484,10 @@ void Sim::Transmit(int from, NodeId to, std::string bytes) {
   const Nanos depart = std::max(now_, n.busy_until);
   const uint64_t incarnation = n.incarnation;
   const int dest = static_cast<int>(to.value - 1);
+  if (depart == now_) {
+    Route(from, dest, std::move(bytes));
+    return;
+  }
   Schedule(depart, [this, from, dest, incarnation, bytes = std::move(bytes)]() mutable {
     if (!nodes_[from].up || nodes_[from].incarnation != incarnation) return;
     Route(from, dest, std::move(bytes));

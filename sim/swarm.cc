@@ -190,6 +190,9 @@ Scenario SwarmScenario(uint64_t seed) {
   static constexpr size_t kMessageBytes[] = {1, 4096, 64 << 10};
   static constexpr size_t kInflight[] = {1, 8, 256};
   s.message_bytes_max = kMessageBytes[r.Uniform(3)];
+  // Frequent snapshots make lagging followers catch up by snapshot in most runs.
+  static constexpr uint64_t kSnapshotEntries[] = {20, 100, 1000};
+  s.snapshot_entries = kSnapshotEntries[r.Uniform(3)];
   s.inflight_messages_max = kInflight[r.Uniform(3)];
 
   s.network.latency_min = Between(r, std::chrono::microseconds(50), Millis(2));

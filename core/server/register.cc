@@ -47,7 +47,10 @@ void Register::Apply(LogIndex index, uint64_t request_id, std::string_view comma
 }
 
 std::string Register::TakeSnapshot() const {
+  size_t bytes = 8;
+  for (const Value& v : values_) bytes += 24 + v.data.size();
   std::string out;
+  out.reserve(bytes);
   PutU64(&out, values_.size());
   for (const Value& v : values_) {
     PutU64(&out, v.request_id);
