@@ -417,7 +417,8 @@ constexpr StepSpec kStepSpecs[] = {
     {"drift", StepKind::kDrift, "drift A <rate>", true},
     {"loss", StepKind::kLoss, "loss <probability>", false},
     {"duplicate", StepKind::kDuplicate, "duplicate <probability>", false},
-    {"latency", StepKind::kLatency, "latency <min>..<max>", false},
+    {"latency", StepKind::kLatency,
+     "latency <min>..<max> | latency A B <min>..<max> | latency A -> B <min>..<max>", false},
     {"swizzle", StepKind::kSwizzle, "swizzle <interval>", false},
     {"flap", StepKind::kFlap, "flap A B <interval> <total>", false},
     {"transfer", StepKind::kTransfer, "transfer A", true},
@@ -743,9 +744,15 @@ absl::Status Parser::ParseStepArgs(const StepSpec& spec, Args args, Step& step) 
       return absl::OkStatus();
     }
     case StepKind::kLatency: {
-      absl::Status arity = CheckArity(args, 1, spec.usage);
-      if (!arity.ok()) return arity;
-      auto range = ParseDurationRange(args[0]);
+      if (args.size() > 1) {
+        // One link: the ends as for cut/restore, then the range.
+        absl::Status link = ParseLinkStep(spec, args.subspan(0, args.size() - 1), step);
+        if (!link.ok()) return link;
+      } else {
+        absl::Status arity = CheckArity(args, 1, spec.usage);
+        if (!arity.ok()) return arity;
+      }
+      auto range = ParseDurationRange(args.back());
       if (!range.ok()) return range.status();
       std::tie(step.duration, step.duration2) = *range;
       return absl::OkStatus();

@@ -45,7 +45,8 @@ enum class StepKind {
   kDrift,      // drift A 0.05: A's clock runs 5% fast (negative: slow), > -0.5 and < 0.5
   kLoss,       // loss 0.2: each message dropped with this probability
   kDuplicate,  // duplicate 0.05
-  kLatency,    // latency 1ms..20ms
+  kLatency,    // latency 1ms..20ms (every link without its own setting) |
+               // latency A B 5ms..50ms (one link, both ways) | latency A -> B ...
   kSwizzle,    // swizzle 100ms: isolate about half the nodes one by one, then restore
                // them one by one in another order, `duration` apart
   kFlap,       // flap A B 200ms 5s: toggle the link every `duration` for `duration2`
@@ -65,6 +66,7 @@ struct Step {
   bool one_way = false;          // kCut/kRestore with "->"
   Nanos duration{0};             // kPause length, kSwizzle and kFlap interval
   Nanos duration2{0};            // kFlap total length; kLatency max (duration = min)
+                                 // kLatency names a link in a and b, or none
   Nanos offset{0};               // kSkew (>= 0: a monotonic clock never goes back)
   double value = 0;              // kLoss, kDuplicate (in [0, 1)), kDrift
   std::string label;             // "as NAME": binds the node this step resolved to

@@ -191,6 +191,8 @@ class Sim {
   double crash_in_sync_probability_;
   double crash_in_vote_sync_probability_;
   std::vector<std::vector<bool>> cut_;
+  // Per-link latency [min, max]; a zero max means "use the network's".
+  std::vector<std::vector<std::pair<Nanos, Nanos>>> link_latency_;
   std::vector<bool> clogged_;
   uint64_t flap_generation_ = 0;
   Nanos churn_until_{0};
@@ -243,6 +245,8 @@ Sim::Sim(const Scenario& scenario, const RunOptions& options)
       crash_in_sync_probability_(scenario.disk.crash_in_sync_probability),
       crash_in_vote_sync_probability_(scenario.disk.crash_in_vote_sync_probability),
       cut_(scenario.cluster, std::vector<bool>(scenario.cluster, false)),
+      link_latency_(scenario.cluster,
+                    std::vector<std::pair<Nanos, Nanos>>(scenario.cluster, {Nanos(0), Nanos(0)})),
       clogged_(scenario.cluster, false),
       client_seq_(scenario.workload.clients, 0) {
   KEEL_ASSERT(scenario.cluster >= 1 && scenario.cluster <= kClusterSizeMax);
@@ -501,7 +505,10 @@ void Sim::Route(int from, int to, std::string bytes) {
       ++messages_dropped_;
       continue;
     }
-    const Nanos latency(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
+    const auto [lo, hi] = link_latency_[from][to].second > Nanos(0)
+                              ? link_latency_[from][to]
+                              : std::pair<Nanos, Nanos>{net_.latency_min, net_.latency_max};
+    const Nanos latency(rng_.Range(lo.count(), hi.count()));
     std::string payload = c + 1 < copies ? bytes : std::move(bytes);
     ScheduleOnNode(to, now_ + latency, kAnyIncarnation,
                    [this, from, to, payload = std::move(payload)] {
@@ -577,10 +584,12 @@ std::vector<int> Sim::Resolve(const NodeRef& ref) {
 void Sim::ApplyStep(const Step& step) {
   const std::vector<int> a = Resolve(step.a);
   const std::vector<int> b = Resolve(step.b);
-  const bool needs_a = step.kind != StepKind::kPartition && step.kind != StepKind::kHeal &&
-                       step.kind != StepKind::kLoss && step.kind != StepKind::kDuplicate &&
-                       step.kind != StepKind::kLatency && step.kind != StepKind::kSwizzle &&
-                       step.kind != StepKind::kChurn;
+  const bool needs_a =
+      step.kind != StepKind::kPartition && step.kind != StepKind::kHeal &&
+      step.kind != StepKind::kLoss && step.kind != StepKind::kDuplicate &&
+      (step.kind != StepKind::kLatency || step.a.kind != NodeRef::Kind::kId ||
+       !step.a.id.IsZero()) &&
+      step.kind != StepKind::kSwizzle && step.kind != StepKind::kChurn;
   if (needs_a && a.empty()) {
     Trace(absl::StrCat("step at line ", step.line, " skipped: no such node now"));
     return;
@@ -640,8 +649,13 @@ void Sim::ApplyStep(const Step& step) {
     case StepKind::kLoss: net_.loss = step.value; break;
     case StepKind::kDuplicate: net_.duplicate = step.value; break;
     case StepKind::kLatency:
-      net_.latency_min = step.duration;
-      net_.latency_max = step.duration2;
+      if (b.empty()) {
+        net_.latency_min = step.duration;
+        net_.latency_max = step.duration2;
+      } else {
+        link_latency_[a.front()][b.front()] = {step.duration, step.duration2};
+        if (!step.one_way) link_latency_[b.front()][a.front()] = {step.duration, step.duration2};
+      }
       break;
     case StepKind::kSwizzle: Swizzle(step.duration); break;
     case StepKind::kChurn:

@@ -10,7 +10,7 @@ namespace {
 
 enum FaultKind {
   kPartitionFault, kIsolateLeader, kOneWay, kCrash, kPause, kSkew, kDrift, kLossBurst,
-  kSwizzleFault, kFlapFault, kTransferFault, kLeaderChurn, kAssassin, kFaultKinds
+  kSwizzleFault, kFlapFault, kTransferFault, kLeaderChurn, kAssassin, kSlowLink, kFaultKinds
 };
 
 NodeRef Id(int index) { return NodeRef{NodeRef::Kind::kId, NodeId(index + 1), ""}; }
@@ -139,6 +139,25 @@ void AddFault(Rng& r, const Scenario& s, FaultKind kind, Nanos at, std::vector<S
         }
         t += Between(r, s.tick_interval, 3 * et);
       }
+      return;
+    }
+    case kSlowLink: {
+      // One link (or one direction) turns slow and jittery, then recovers.
+      const int a = static_cast<int>(r.Uniform(n));
+      const int b = static_cast<int>(r.Uniform(n));
+      if (a == b) return;
+      step.kind = StepKind::kLatency;
+      step.a = Id(a);
+      step.b = Id(b);
+      step.one_way = r.Chance(0.5);
+      step.duration = Between(r, s.network.latency_min, et / 2);
+      step.duration2 = step.duration + Between(r, Nanos(0), 2 * et);
+      out.push_back(step);
+      Step back = step;
+      back.at = later(Between(r, et, 10 * et));
+      back.duration = s.network.latency_min;
+      back.duration2 = s.network.latency_max;
+      out.push_back(back);
       return;
     }
     case kAssassin:

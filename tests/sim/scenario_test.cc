@@ -384,6 +384,42 @@ TEST(ScenarioSteps, LatencyStoresItsMinimumAndMaximum) {
   EXPECT_THAT(StepError("latency 20ms..1ms"), HasSubstr("x.scenario:2: range '20ms..1ms'"));
 }
 
+TEST(ScenarioSteps, LatencyMayNameOneLinkEitherWayOrOneWay) {
+  Step both = OneStep("latency n1 n2 5ms..50ms");
+  EXPECT_EQ(both.a.id, NodeId(1));
+  EXPECT_EQ(both.b.id, NodeId(2));
+  EXPECT_FALSE(both.one_way);
+  EXPECT_EQ(both.duration, Millis(5));
+  EXPECT_EQ(both.duration2, Millis(50));
+  Step one = OneStep("latency n2 -> n3 1ms..2ms");
+  EXPECT_TRUE(one.one_way);
+  EXPECT_EQ(one.b.id, NodeId(3));
+  Step global = OneStep("latency 1ms..2ms");
+  EXPECT_TRUE(global.a.id.IsZero());
+  EXPECT_THAT(StepError("latency n1 n1 1ms..2ms"), HasSubstr("two different nodes"));
+}
+
+TEST(ScenarioSteps, ChurnHasADuration) {
+  Step step = OneStep("churn 5s");
+  EXPECT_EQ(step.kind, StepKind::kChurn);
+  EXPECT_EQ(step.duration, std::chrono::seconds(5));
+  EXPECT_THAT(StepError("churn 0s"), HasSubstr("churn duration must be > 0"));
+}
+
+TEST(ScenarioSettings, RaftDirectiveSetsTheRaftOptions) {
+  absl::StatusOr<Scenario> s = ParseScenario(
+      "raft pre_vote=off check_quorum=on message_bytes=1 inflight=2 snapshot=50\nrun 1s\n",
+      "x.scenario");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_FALSE(s->pre_vote);
+  EXPECT_TRUE(s->check_quorum);
+  EXPECT_EQ(s->message_bytes_max, 1u);
+  EXPECT_EQ(s->inflight_messages_max, 2u);
+  EXPECT_EQ(s->snapshot_entries, 50u);
+  EXPECT_FALSE(ParseScenario("raft pre_vote=maybe\nrun 1s\n", "x.scenario").ok());
+  EXPECT_FALSE(ParseScenario("raft inflight=0\nrun 1s\n", "x.scenario").ok());
+}
+
 TEST(ScenarioSteps, SwizzleHasAnInterval) {
   Step step = OneStep("swizzle 100ms");
   EXPECT_EQ(step.kind, StepKind::kSwizzle);
