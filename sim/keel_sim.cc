@@ -54,7 +54,7 @@ int Usage(const char* why) {
                "       keel-sim --seeds A..B [--jobs J] [--plant BUG] [FILE.scenario]\n"
                "       keel-sim [--seed N] [--trace] [--progress] FILE.scenario\n"
                "BUG (test-only planted bugs): vote-without-log-check, "
-               "commit-previous-term, vote-before-persist\n",
+               "commit-previous-term, vote-before-persist, read-without-heartbeat\n",
                why);
   return 2;
 }
@@ -75,6 +75,8 @@ bool ApplyPlant(const std::string& name, keel::raft::PlantedBugs* bugs) {
     bugs->commit_previous_term_entries = true;
   } else if (name == "vote-before-persist") {
     bugs->send_vote_before_persist = true;
+  } else if (name == "read-without-heartbeat") {
+    bugs->read_index_without_heartbeat = true;
   } else {
     return false;
   }

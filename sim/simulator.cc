@@ -150,6 +150,7 @@ class Sim {
   void ApplyStep(const Step& step);
   std::vector<int> Resolve(const NodeRef& ref);
   void Swizzle(Nanos interval);
+  void Partition(const std::vector<NodeSet>& groups);
   void Flap(int a, int b, Nanos period, Nanos until, uint64_t generation, bool cut);
   void HealAll();
   void MaybeAssassinate(int node);
@@ -168,6 +169,9 @@ class Sim {
   void RunRecoveryAndDrain();
   RunResult Result() const;
   void CheckEndState();
+  void CheckLinearizable(const std::vector<server::Register::Value>& reference,
+                         const absl::btree_map<std::string, size_t>& position,
+                         std::vector<size_t> writes_by_end);
   void CheckExpectations();
   double Measure(const Expectation& e);
   Nanos ElectionTimeout() const { return scenario_.tick_interval * scenario_.election_ticks; }
@@ -599,20 +603,7 @@ void Sim::ApplyStep(const Step& step) {
   Trace(absl::StrCat("step kind=", static_cast<int>(step.kind), " line=", step.line,
                      a.empty() ? "" : absl::StrCat(" node=n", a.front() + 1)));
   switch (step.kind) {
-    case StepKind::kPartition: {
-      std::vector<int> group(scenario_.cluster, -1);
-      for (size_t g = 0; g < step.groups.size(); ++g) {
-        for (const NodeRef& r : step.groups[g]) {
-          for (int i : Resolve(r)) group[i] = static_cast<int>(g);
-        }
-      }
-      for (int i = 0; i < scenario_.cluster; ++i) {
-        for (int j = 0; j < scenario_.cluster; ++j) {
-          if (group[i] >= 0 && group[j] >= 0 && group[i] != group[j]) cut_[i][j] = true;
-        }
-      }
-      break;
-    }
+    case StepKind::kPartition: Partition(step.groups); break;
     case StepKind::kIsolate:
       for (int j = 0; j < scenario_.cluster; ++j) {
         if (j != a.front()) SetLink(a.front(), j, false, true);
@@ -673,6 +664,21 @@ void Sim::ApplyStep(const Step& step) {
         (void)nodes_[leader].node->TransferLeadership(NodeId(to + 1));
       });
       break;
+    }
+  }
+}
+
+void Sim::Partition(const std::vector<NodeSet>& groups) {
+  // Links between groups are cut both ways; nodes in no group keep all their links.
+  std::vector<int> group(scenario_.cluster, -1);
+  for (size_t g = 0; g < groups.size(); ++g) {
+    for (const NodeRef& r : groups[g]) {
+      for (int i : Resolve(r)) group[i] = static_cast<int>(g);
+    }
+  }
+  for (int i = 0; i < scenario_.cluster; ++i) {
+    for (int j = 0; j < scenario_.cluster; ++j) {
+      if (group[i] >= 0 && group[j] >= 0 && group[i] != group[j]) cut_[i][j] = true;
     }
   }
 }
@@ -904,7 +910,13 @@ void Sim::CheckEndState() {
     }
     if (r.outcome == Request::Outcome::kOk) writes_by_end.push_back(id);
   }
-  if (!failures_.empty()) return;  // the order checks below need every acked write
+  if (!failures_.empty()) return;  // the order checks need every acked write
+  CheckLinearizable(reference, position, std::move(writes_by_end));
+}
+
+void Sim::CheckLinearizable(const std::vector<server::Register::Value>& reference,
+                            const absl::btree_map<std::string, size_t>& position,
+                            std::vector<size_t> writes_by_end) {
   // Linearizability of the append-only register. Let pos(w) be w's position. For any
   // operation op and any write w acknowledged before op started, op must observe w:
   // a later write lands after it, a later read's length covers it. Conversely a read of

@@ -54,6 +54,7 @@ struct PlantedBugs {
   bool grant_vote_without_log_check = false;  // breaks Raft §5.4.1
   bool commit_previous_term_entries = false;  // breaks Raft §5.4.2 (Figure 8)
   bool send_vote_before_persist = false;      // breaks "persist before you speak"
+  bool read_index_without_heartbeat = false;  // a leader answers reads on its own word
 };
 
 struct Config {

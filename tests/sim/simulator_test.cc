@@ -66,5 +66,11 @@ TEST(PlantedBugs, VoteSentBeforeItIsPersistedIsFound) {
   EXPECT_NE(FindPlantedBug({.send_vote_before_persist = true}, "vote-before-persist"), 0u);
 }
 
+// The linearizability checker bites: a leader that answers read-index requests without
+// confirming it still leads (no heartbeat round) serves stale reads once deposed.
+TEST(PlantedBugs, ReadIndexWithoutAHeartbeatRoundIsFound) {
+  EXPECT_NE(FindPlantedBug({.read_index_without_heartbeat = true}, "read-without-heartbeat"), 0u);
+}
+
 }  // namespace
 }  // namespace keel::sim
