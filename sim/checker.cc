@@ -84,7 +84,7 @@ void RaftChecker::OnRestart(int node, const raft::RecoveredState& recovered) {
   role_seen_[node] = raft::Role::kFollower;
 }
 
-void RaftChecker::Observe(int node, raft::Role role, Term term, LogIndex commit, Nanos now) {
+void RaftChecker::ObserveRole(int node, raft::Role role, Term term) {
   const NodeLog& log = logs_[node];
   const NodeId id(node + 1);
   if (role == raft::Role::kLeader &&
@@ -113,6 +113,11 @@ void RaftChecker::Observe(int node, raft::Role role, Term term, LogIndex commit,
   }
   role_seen_[node] = role;
   term_seen_[node] = term;
+}
+
+void RaftChecker::ObserveCommit(int node, LogIndex commit) {
+  const NodeLog& log = logs_[node];
+  const Term term = term_seen_[node];
   // Newly committed entries: one committed entry per index, everywhere.
   for (LogIndex i = commit_seen_[node] + 1; i <= commit; ++i) {
     std::optional<uint64_t> h = log.HashAt(i);

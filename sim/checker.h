@@ -31,8 +31,11 @@ class RaftChecker {
   void OnAppend(int node, bool is_leader, Term leader_term, std::span<const raft::Entry> entries);
   void OnSnapshotInstalled(int node, const raft::Snapshot& snapshot);
   void OnRestart(int node, const raft::RecoveredState& recovered);
-  // After every event on a node: its role, term and commit index now.
-  void Observe(int node, raft::Role role, Term term, LogIndex commit, Nanos now);
+  // After every event on a node: its role and term, at once (leadership acts before
+  // any fsync: a leader's first appends leave before its own write is durable).
+  void ObserveRole(int node, raft::Role role, Term term);
+  // Its commit index, once the event's fsync completed (a crash first undoes it).
+  void ObserveCommit(int node, LogIndex commit);
   void OnApply(int node, const server::Register::Value& value);
   void OnRestore(int node, const std::vector<server::Register::Value>& values);
 

@@ -144,6 +144,8 @@ class Sim {
     return cut_[from][to] || clogged_[from] || clogged_[to];
   }
   void Route(int from, int to, std::string bytes);
+  // Runs `send` at departure time unless the node crashed since; a pause defers it.
+  void Depart(int node, uint64_t incarnation, std::function<void()> send);
   void SetLink(int a, int b, bool one_way, bool cut);
 
   // Steps.
@@ -170,8 +172,7 @@ class Sim {
   RunResult Result() const;
   void CheckEndState();
   void CheckLinearizable(const std::vector<server::Register::Value>& reference,
-                         const absl::btree_map<std::string, size_t>& position,
-                         std::vector<size_t> writes_by_end);
+                         const absl::btree_map<std::string, size_t>& position);
   void CheckExpectations();
   double Measure(const Expectation& e);
   Nanos ElectionTimeout() const { return scenario_.tick_interval * scenario_.election_ticks; }
@@ -316,6 +317,7 @@ void Sim::AfterNodeEvent(int node) {
   if (!n.up || n.node == nullptr || n.node->stopped()) return;
   const raft::Raft& r = n.node->raft();
   r.CheckInvariants();
+  checker_.ObserveRole(node, r.role(), r.term());
   // What the node did in this event happened only once its fsync completes: observe it
   // then, and not at all if it crashes first. The node processes nothing meanwhile, so
   // its state then is its state now.
@@ -331,7 +333,7 @@ void Sim::AfterNodeEvent(int node) {
 
 void Sim::Observe(int node, const Observation& o) {
   SimNode& n = nodes_[node];
-  checker_.Observe(node, o.role, o.term, o.commit, now_);
+  checker_.ObserveCommit(node, o.commit);
   if (o.role != n.role) {
     if (o.role == Role::kLeader) {
       n.leader_since = now_;
@@ -497,9 +499,23 @@ void Sim::Transmit(int from, NodeId to, std::string bytes) {
     return;
   }
   Schedule(depart, [this, from, dest, incarnation, bytes = std::move(bytes)]() mutable {
-    if (!nodes_[from].up || nodes_[from].incarnation != incarnation) return;
-    Route(from, dest, std::move(bytes));
+    Depart(from, incarnation, [this, from, dest, bytes = std::move(bytes)]() mutable {
+      Route(from, dest, std::move(bytes));
+    });
   });
+}
+
+void Sim::Depart(int node, uint64_t incarnation, std::function<void()> send) {
+  SimNode& n = nodes_[node];
+  if (!n.up || n.incarnation != incarnation) return;  // crashed before its fsync ended
+  if (n.paused_until > now_) {
+    // A pause that began while the fsync ran holds the send until the thread resumes.
+    Schedule(n.paused_until, [this, node, incarnation, send = std::move(send)]() mutable {
+      Depart(node, incarnation, std::move(send));
+    });
+    return;
+  }
+  send();
 }
 
 void Sim::Route(int from, int to, std::string bytes) {
@@ -797,9 +813,10 @@ void Sim::IssueRequest(int client) {
         const SimNode& n = nodes_[target];
         Schedule(std::max(now_, n.busy_until),
                  [this, id, outcome, length, target, incarnation = n.incarnation] {
-          if (!nodes_[target].up || nodes_[target].incarnation != incarnation) return;
-          const Nanos back(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
-          Schedule(now_ + back, [this, id, outcome, length] { Resolve(id, outcome, length); });
+          Depart(target, incarnation, [this, id, outcome, length] {
+            const Nanos back(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
+            Schedule(now_ + back, [this, id, outcome, length] { Resolve(id, outcome, length); });
+          });
         });
       };
       if (history_[id].write) {
@@ -897,7 +914,6 @@ void Sim::CheckEndState() {
   }
   absl::btree_map<std::string, size_t> position;
   for (size_t k = 0; k < reference.size(); ++k) position[reference[k].data] = k;
-  std::vector<size_t> writes_by_end;
   for (size_t id = 0; id < history_.size(); ++id) {
     const Request& r = history_[id];
     if (!r.write) continue;
@@ -908,21 +924,33 @@ void Sim::CheckEndState() {
     if (r.outcome == Request::Outcome::kFailed && present) {
       Fail(absl::StrCat("Integrity: write ", r.value, " failed definitely but was applied"));
     }
-    if (r.outcome == Request::Outcome::kOk) writes_by_end.push_back(id);
   }
   if (!failures_.empty()) return;  // the order checks need every acked write
-  CheckLinearizable(reference, position, std::move(writes_by_end));
+  CheckLinearizable(reference, position);
 }
 
 void Sim::CheckLinearizable(const std::vector<server::Register::Value>& reference,
-                            const absl::btree_map<std::string, size_t>& position,
-                            std::vector<size_t> writes_by_end) {
-  // Linearizability of the append-only register. Let pos(w) be w's position. For any
-  // operation op and any write w acknowledged before op started, op must observe w:
-  // a later write lands after it, a later read's length covers it. Conversely a read of
-  // length L must not observe a write that started after the read ended.
-  std::sort(writes_by_end.begin(), writes_by_end.end(),
-            [&](size_t x, size_t y) { return history_[x].end < history_[y].end; });
+                            const absl::btree_map<std::string, size_t>& position) {
+  // Linearizability of the append-only register. Every successful operation proves a
+  // prefix of the final register existed when it took effect: a write at position p
+  // proves p + 1 values, a read of length L proves L. An operation that starts after
+  // another ended must take effect later, so it must see at least that prefix: a later
+  // write lands at a position >= it, a later read returns a length >= it. Conversely a
+  // read of length L must not include a write that started after the read ended.
+  auto seen = [&](const Request& r) -> size_t {
+    return r.write ? position.at(r.value) + 1 : r.read_length;
+  };
+  std::vector<size_t> ok_by_end;
+  for (size_t id = 0; id < history_.size(); ++id) {
+    if (history_[id].outcome == Request::Outcome::kOk) ok_by_end.push_back(id);
+  }
+  std::sort(ok_by_end.begin(), ok_by_end.end(), [&](size_t x, size_t y) {
+    return history_[x].end != history_[y].end ? history_[x].end < history_[y].end : x < y;
+  });
+  std::vector<size_t> seen_max;  // over the prefix of ok_by_end
+  for (size_t id : ok_by_end) {
+    seen_max.push_back(std::max(seen_max.empty() ? 0 : seen_max.back(), seen(history_[id])));
+  }
   std::vector<Nanos> prefix_start_max(reference.size() + 1, Nanos(INT64_MIN));
   absl::btree_map<std::string, Nanos> start_of;
   for (const Request& r : history_) {
@@ -933,38 +961,30 @@ void Sim::CheckLinearizable(const std::vector<server::Register::Value>& referenc
     const Nanos s = it == start_of.end() ? Nanos(INT64_MAX) : it->second;
     prefix_start_max[k + 1] = std::max(prefix_start_max[k], s);
   }
-  std::vector<int64_t> acked_pos_max;  // over writes_by_end prefix
-  int64_t running = -1;
-  for (size_t id : writes_by_end) {
-    running = std::max<int64_t>(running, static_cast<int64_t>(position.at(history_[id].value)));
-    acked_pos_max.push_back(running);
-  }
-  for (const Request& r : history_) {
-    if (r.outcome != Request::Outcome::kOk) continue;
-    // Writes acknowledged strictly before r started.
-    const auto cut = std::lower_bound(writes_by_end.begin(), writes_by_end.end(), r.start,
-        [&](size_t id, Nanos t) { return history_[id].end < t; });
-    const size_t count = static_cast<size_t>(cut - writes_by_end.begin());
-    const int64_t must_see = count == 0 ? -1 : acked_pos_max[count - 1];
-    if (r.write) {
-      const int64_t pos = static_cast<int64_t>(position.at(r.value));
-      if (pos <= must_see) {
-        Fail(absl::StrCat("Linearizability: write ", r.value, " started at ",
-                          FormatTime(r.start), " precedes a write acknowledged before it"));
-        return;
-      }
-    } else {
-      if (static_cast<int64_t>(r.read_length) <= must_see) {
-        Fail(absl::StrCat("Linearizability: read at n", r.node + 1, " started at ",
-                          FormatTime(r.start), " saw ", r.read_length,
-                          " values, missing a write acknowledged before it"));
-        return;
-      }
-      if (r.read_length > reference.size() || prefix_start_max[r.read_length] > r.end) {
-        Fail(absl::StrCat("Linearizability: read at n", r.node + 1, " ended at ",
-                          FormatTime(r.end), " saw a write that started after it"));
-        return;
-      }
+  for (size_t id : ok_by_end) {
+    const Request& r = history_[id];
+    // Operations that ended strictly before r started.
+    const auto cut = std::lower_bound(ok_by_end.begin(), ok_by_end.end(), r.start,
+        [&](size_t other, Nanos t) { return history_[other].end < t; });
+    const size_t count = static_cast<size_t>(cut - ok_by_end.begin());
+    const size_t must_see = count == 0 ? 0 : seen_max[count - 1];
+    if (r.write && position.at(r.value) < must_see) {
+      Fail(absl::StrCat("Linearizability: write ", r.value, " started at ",
+                        FormatTime(r.start), " landed before a prefix of ", must_see,
+                        " values that an earlier operation had already seen"));
+      return;
+    }
+    if (!r.write && r.read_length < must_see) {
+      Fail(absl::StrCat("Linearizability: read at n", r.node + 1, " started at ",
+                        FormatTime(r.start), " saw ", r.read_length,
+                        " values; an operation that ended before it saw ", must_see));
+      return;
+    }
+    if (!r.write &&
+        (r.read_length > reference.size() || prefix_start_max[r.read_length] > r.end)) {
+      Fail(absl::StrCat("Linearizability: read at n", r.node + 1, " ended at ",
+                        FormatTime(r.end), " saw a write that started after it"));
+      return;
     }
   }
 }
@@ -1077,8 +1097,10 @@ void Sim::RunRecoveryAndDrain() {
   Trace("recovery: healing every fault");
   HealAll();
   churn_until_ = now_;
+  net_ = scenario_.network;  // latency back to the scenario's, and no loss or duplicates
   net_.loss = 0;
   net_.duplicate = 0;
+  for (auto& row : link_latency_) std::fill(row.begin(), row.end(), std::pair<Nanos, Nanos>{});
   crash_in_sync_probability_ = 0;
   crash_in_vote_sync_probability_ = 0;
   for (SimNode& n : nodes_) n.paused_until = std::min(n.paused_until, now_);

@@ -27,6 +27,8 @@ Raft::Raft(Config config, RecoveredState recovered, Rng* rng, Logger logger)
   KEEL_ASSERT(!config_.id.IsZero());
   KEEL_ASSERT(IsVoter(config_.id));
   KEEL_ASSERT(config_.heartbeat_ticks > 0 && config_.election_ticks > config_.heartbeat_ticks);
+  KEEL_ASSERT(config_.message_bytes_max > 0 && config_.inflight_messages_max > 0 &&
+              config_.inflight_bytes_max > 0 && config_.pending_reads_max > 0);
   std::sort(config_.voters.begin(), config_.voters.end());
   KEEL_ASSERT(std::adjacent_find(config_.voters.begin(), config_.voters.end()) ==
               config_.voters.end());
@@ -456,7 +458,10 @@ void Raft::HandleAppendResponse(const Message& m) {
     return;
   }
   const bool was_paused = pr.IsPaused();
-  if (!pr.MaybeUpdate(m.index)) return;
+  // An ack of exactly `match` while probing (the probe after a snapshot, say) still
+  // proves where the follower's log matches: start replicating from there.
+  const bool probe_confirmed = pr.state == ProgressState::kProbe && m.index == pr.match;
+  if (!pr.MaybeUpdate(m.index) && !probe_confirmed) return;
   switch (pr.state) {
     case ProgressState::kProbe: pr.BecomeReplicate(); break;
     case ProgressState::kSnapshot:
@@ -798,7 +803,9 @@ void Raft::TickHeartbeat() {
   }
   if (heartbeat_elapsed_ >= config_.heartbeat_ticks) {
     heartbeat_elapsed_ = 0;
-    BroadcastHeartbeat("");
+    // Carry the newest pending read's context: if its own round was lost, this round
+    // confirms it and every read queued before it (etcd's lastPendingRequestCtx).
+    BroadcastHeartbeat(pending_reads_.empty() ? std::string() : pending_reads_.back().context);
   }
 }
 

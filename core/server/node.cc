@@ -76,11 +76,23 @@ void Node::Receive(std::string_view bytes) {
     log_.Warn("DroppedBadMessage").Field("id", raft_->id()).Field("reason", m.status().message());
     return;
   }
+  if (!AcceptableSnapshot(*m)) return;
   if (absl::Status st = raft_->Step(std::move(*m)); !st.ok()) {
     log_.Warn("DroppedMessage").Field("id", raft_->id()).Field("reason", st.message());
     return;
   }
   ProcessReady();
+}
+
+bool Node::AcceptableSnapshot(const raft::Message& m) const {
+  if (!m.snapshot) return true;
+  // A snapshot the state machine cannot restore is dropped here, before Raft adopts
+  // it: a bad peer must not be able to stop this node.
+  absl::Status st = state_machine_.CheckSnapshot(m.snapshot->index, m.snapshot->data);
+  if (st.ok()) return true;
+  log_.Warn("DroppedBadSnapshot").Field("id", raft_->id()).Field("from", m.from)
+      .Field("index", m.snapshot->index).Field("reason", st.message());
+  return false;
 }
 
 uint64_t Node::AddPending(Done done) {
@@ -94,6 +106,9 @@ uint64_t Node::AddPending(Done done) {
 
 void Node::Propose(std::string command, Done done) {
   if (stopped_) return done(absl::UnavailableError("node stopped"));
+  if (command.size() > config_.request_bytes_max) {
+    return done(absl::InvalidArgumentError("request is too large"));
+  }
   if (pending_.size() >= config_.pending_requests_max) {
     return done(absl::ResourceExhaustedError("too many pending requests"));
   }
@@ -151,7 +166,8 @@ void Node::ProcessReady() {
     PersistReady(rd);
     if (stopped_) return;  // fail-stop: nothing after a failed write is said or applied
     SendAll(rd.messages_after_persist);
-    ApplyCommitted(rd);
+    std::vector<uint64_t> applied_requests;
+    ApplyCommitted(rd, &applied_requests);
     if (stopped_) return;
     for (const raft::ReadState& rs : rd.read_states) {
       uint64_t id = 0;
@@ -160,8 +176,10 @@ void Node::ProcessReady() {
       if (pending_.contains(id)) confirmed_reads_.emplace(rs.index, id);
     }
     raft_->Advance(rd);
-    FinishReads();
     MaybeSnapshot();
+    // Callbacks run only now, outside the Ready: they may call back into this Node.
+    for (uint64_t id : applied_requests) Finish(id, absl::OkStatus());
+    FinishReads();
   }
 }
 
@@ -188,7 +206,7 @@ void Node::PersistReady(const raft::Ready& rd) {
   if (!st.ok()) return FailStop(st, "sync");
 }
 
-void Node::ApplyCommitted(const raft::Ready& rd) {
+void Node::ApplyCommitted(const raft::Ready& rd, std::vector<uint64_t>* applied_requests) {
   for (const raft::Entry& e : rd.committed_entries) {
     if (e.data.empty()) continue;  // a leader's no-op
     uint64_t id = 0;
@@ -199,7 +217,7 @@ void Node::ApplyCommitted(const raft::Ready& rd) {
       continue;
     }
     state_machine_.Apply(e.index, id, command);
-    Finish(id, absl::OkStatus());
+    if (pending_.contains(id)) applied_requests->push_back(id);
   }
 }
 

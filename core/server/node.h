@@ -6,8 +6,10 @@
 // Client requests: Propose() appends a command through Raft and reports once this node
 // has applied it; Read() confirms a linearizable read point via ReadIndex and reports
 // once the state machine has caught up to it. Every request ends exactly once: OK,
-// an error that guarantees nothing happened (Unavailable: no leader), or
-// DeadlineExceeded (indeterminate: it may still commit).
+// an error that guarantees nothing happened (Unavailable: no leader; ResourceExhausted:
+// too many pending; InvalidArgument: too large), or DeadlineExceeded (indeterminate: it
+// may still commit). A Done callback may issue new requests: it never runs in the middle
+// of a Ready.
 //
 // Failure model: a storage error stops the node for good (fail-stop); it then drops
 // every event until it is rebuilt from its durable state.
@@ -33,6 +35,7 @@ struct NodeConfig {
   uint64_t snapshot_entries = 10000;      // etcd --snapshot-count
   uint64_t snapshot_catchup_entries = 5000;  // entries kept after a snapshot for followers
   size_t pending_requests_max = 10000;
+  size_t request_bytes_max = 1536 * 1024;  // etcd --max-request-bytes (1.5 MiB)
 };
 
 class Node {
@@ -66,7 +69,8 @@ class Node {
   void Tick();
   void ProcessReady();
   void PersistReady(const raft::Ready& rd);
-  void ApplyCommitted(const raft::Ready& rd);
+  void ApplyCommitted(const raft::Ready& rd, std::vector<uint64_t>* applied_requests);
+  bool AcceptableSnapshot(const raft::Message& m) const;
   void MaybeSnapshot();
   void FinishReads();
   void ExpireRequests();

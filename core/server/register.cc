@@ -61,12 +61,11 @@ std::string Register::TakeSnapshot() const {
   return out;
 }
 
-absl::Status Register::Restore(LogIndex index, std::string_view data) {
+absl::Status Register::Parse(LogIndex index, std::string_view data,
+                             std::vector<Value>* values, absl::btree_set<uint64_t>* seen) {
   Reader r(data);
   uint64_t count = 0;
   if (!r.U64(&count)) return absl::DataLossError("register snapshot header is corrupt");
-  std::vector<Value> values;
-  absl::btree_set<uint64_t> seen;
   for (uint64_t k = 0; k < count; ++k) {
     Value v;
     uint64_t at = 0;
@@ -75,13 +74,26 @@ absl::Status Register::Restore(LogIndex index, std::string_view data) {
       return absl::DataLossError(absl::StrCat("register snapshot truncated at value ", k));
     }
     v.index = LogIndex(at);
-    if (at == 0 || at > index.value || (!values.empty() && values.back().index >= v.index) ||
-        !seen.insert(v.request_id).second) {
+    if (at == 0 || at > index.value || (!values->empty() && values->back().index >= v.index) ||
+        !seen->insert(v.request_id).second) {
       return absl::DataLossError("register snapshot values out of order or duplicated");
     }
-    values.push_back(std::move(v));
+    values->push_back(std::move(v));
   }
   if (!r.Done()) return absl::DataLossError("register snapshot has trailing bytes");
+  return absl::OkStatus();
+}
+
+absl::Status Register::CheckSnapshot(LogIndex index, std::string_view data) const {
+  std::vector<Value> values;
+  absl::btree_set<uint64_t> seen;
+  return Parse(index, data, &values, &seen);
+}
+
+absl::Status Register::Restore(LogIndex index, std::string_view data) {
+  std::vector<Value> values;
+  absl::btree_set<uint64_t> seen;
+  if (absl::Status st = Parse(index, data, &values, &seen); !st.ok()) return st;
   applied_ = index;
   values_ = std::move(values);
   seen_ = std::move(seen);

@@ -33,11 +33,15 @@ class Register : public StateMachine {
   void Apply(LogIndex index, uint64_t request_id, std::string_view command) override;
   LogIndex applied() const override { return applied_; }
   std::string TakeSnapshot() const override;
+  absl::Status CheckSnapshot(LogIndex index, std::string_view data) const override;
   absl::Status Restore(LogIndex index, std::string_view data) override;
 
   const std::vector<Value>& values() const { return values_; }
 
  private:
+  static absl::Status Parse(LogIndex index, std::string_view data, std::vector<Value>* values,
+                            absl::btree_set<uint64_t>* seen);
+
   LogIndex applied_;
   std::vector<Value> values_;
   absl::btree_set<uint64_t> seen_;

@@ -28,15 +28,19 @@ bool Mentions(const RaftChecker& c, std::string_view what) {
 TEST(RaftChecker, AcceptsAConsistentHistory) {
   RaftChecker c(3);
   for (int n = 0; n < 3; ++n) c.OnAppend(n, n == 0, Term(1), Entries(1, {1, 1}));
-  c.Observe(0, Role::kLeader, Term(1), LogIndex(2), Nanos(0));
-  c.Observe(1, Role::kFollower, Term(1), LogIndex(2), Nanos(0));
+  c.ObserveRole(0, Role::kLeader, Term(1));
+  c.ObserveCommit(0, LogIndex(2));
+  c.ObserveRole(1, Role::kFollower, Term(1));
+  c.ObserveCommit(1, LogIndex(2));
   EXPECT_TRUE(c.violations().empty());
 }
 
 TEST(RaftChecker, CatchesTwoLeadersInOneTerm) {  // Election Safety
   RaftChecker c(3);
-  c.Observe(0, Role::kLeader, Term(2), LogIndex(0), Nanos(0));
-  c.Observe(1, Role::kLeader, Term(2), LogIndex(0), Nanos(0));
+  c.ObserveRole(0, Role::kLeader, Term(2));
+  c.ObserveCommit(0, LogIndex(0));
+  c.ObserveRole(1, Role::kLeader, Term(2));
+  c.ObserveCommit(1, LogIndex(0));
   EXPECT_TRUE(Mentions(c, "Election Safety"));
 }
 
@@ -60,9 +64,11 @@ TEST(RaftChecker, CatchesALeaderElectedWithoutACommittedEntry) {  // Leader Comp
   RaftChecker c(3);
   c.OnAppend(0, true, Term(1), Entries(1, {1, 1}));
   c.OnAppend(1, false, Term(1), Entries(1, {1, 1}));
-  c.Observe(0, Role::kLeader, Term(1), LogIndex(2), Nanos(0));
+  c.ObserveRole(0, Role::kLeader, Term(1));
+  c.ObserveCommit(0, LogIndex(2));
   c.OnAppend(2, false, Term(1), Entries(1, {1}));
-  c.Observe(2, Role::kLeader, Term(2), LogIndex(0), Nanos(1));
+  c.ObserveRole(2, Role::kLeader, Term(2));
+  c.ObserveCommit(2, LogIndex(0));
   EXPECT_TRUE(Mentions(c, "Leader Completeness"));
 }
 
@@ -70,8 +76,10 @@ TEST(RaftChecker, CatchesTwoDifferentEntriesCommittedAtOneIndex) {  // State Mac
   RaftChecker c(2);
   c.OnAppend(0, false, Term(0), Entries(1, {1}));
   c.OnAppend(1, false, Term(0), Entries(1, {2}));
-  c.Observe(0, Role::kFollower, Term(2), LogIndex(1), Nanos(0));
-  c.Observe(1, Role::kFollower, Term(2), LogIndex(1), Nanos(0));
+  c.ObserveRole(0, Role::kFollower, Term(2));
+  c.ObserveCommit(0, LogIndex(1));
+  c.ObserveRole(1, Role::kFollower, Term(2));
+  c.ObserveCommit(1, LogIndex(1));
   EXPECT_TRUE(Mentions(c, "State Machine Safety"));
 }
 

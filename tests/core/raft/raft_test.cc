@@ -1328,3 +1328,43 @@ TEST(RaftStep, ASnapshotPayloadOnANonSnapshotMessageIsAnError) {
 
 }  // namespace
 }  // namespace keel::raft
+
+namespace keel::raft {
+namespace {
+
+// Regression (review): periodic heartbeats carry the newest pending read's context, so a
+// read whose own round was lost is still confirmed.
+TEST(RaftReadIndex, AReadWhoseHeartbeatRoundWasLostIsConfirmedByALaterRound) {
+  Network net = ElectedNetwork();
+  ASSERT_TRUE(net.raft(1).Propose({"x"}).ok());
+  net.Stabilize();
+  net.drop_if = [](const Message& m) {
+    return m.type == MessageType::kHeartbeatResponse && !m.context.empty();
+  };
+  ASSERT_TRUE(net.raft(1).ReadIndex("lost-round").ok());
+  net.Stabilize();
+  net.drop_if = nullptr;
+  net.Tick(1, 30);  // thirty heartbeat rounds, nothing lost any more
+  EXPECT_EQ(net.node(1).read_states.size(), 1u) << "read never confirmed";
+}
+
+// Regression (review): a probe acked at exactly `match` (after a snapshot) moves the
+// follower to replicate instead of leaving it paused until the next heartbeat.
+TEST(RaftSnapshot, AFollowerCaughtUpBySnapshotGetsTheNextProposalWithoutWaitingForATick) {
+  Network net = ElectedNetwork();
+  net.Isolate(2);
+  for (int k = 0; k < 5; ++k) ASSERT_TRUE(net.raft(1).Propose({absl::StrCat("v", k)}).ok());
+  net.Stabilize();
+  net.TakeSnapshot(1);
+  net.Heal();
+  net.Tick(1, 1);  // heartbeat -> response -> snapshot -> restore -> probe
+  net.Stabilize();
+  ASSERT_EQ(net.raft(2).log().LastIndex(), net.raft(1).log().LastIndex());
+  ASSERT_TRUE(net.raft(1).Propose({"after"}).ok());
+  net.Stabilize();
+  EXPECT_EQ(net.raft(2).log().LastIndex(), net.raft(1).log().LastIndex())
+      << "follower 2 did not receive the new entry without a tick";
+}
+
+}  // namespace
+}  // namespace keel::raft

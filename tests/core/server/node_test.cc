@@ -795,3 +795,54 @@ TEST(NodeSnapshot, RestartRestoresTheRegisterFromTheSnapshotThenAppliesTheRestOf
 
 }  // namespace
 }  // namespace keel::server
+
+namespace keel::server {
+namespace {
+
+// Regression (review): callbacks run outside the Ready, so the usual client loop (issue
+// the next request from the completion of the last) is safe.
+TEST(NodeRequests, ADoneCallbackMayIssueTheNextRequest) {
+  SingleNode n;
+  Outcome second;
+  n.node.Propose("first", [&](absl::Status st) {
+    n.node.Propose("second", Capture(&second));
+  });
+  EXPECT_EQ(second.calls, 1);
+}
+
+}  // namespace
+}  // namespace keel::server
+namespace keel::server {
+namespace {
+// Regression (review): a peer's snapshot that the state machine cannot restore is dropped
+// before Raft adopts it; it must not fail-stop the node.
+TEST(NodeBadInput, ASnapshotThatDoesNotParseFromAPeerIsDroppedNotFatal) {
+  MemStorage storage;
+  FakeEnv env(storage, 1);
+  Register reg;
+  Node node(Config({1, 2, 3}), env, reg);
+  ASSERT_TRUE(node.Start().ok());
+  Message m;
+  m.type = MessageType::kSnapshot;
+  m.from = NodeId(2);
+  m.to = NodeId(1);
+  m.term = Term(1);
+  m.snapshot = raft::Snapshot{LogIndex(5), Term(1), "not a register snapshot"};
+  node.Receive(raft::EncodeMessage(m));
+  EXPECT_FALSE(node.stopped()) << "one bad snapshot message fail-stopped the node";
+  EXPECT_EQ(node.raft().log().committed(), LogIndex(0));
+}
+}  // namespace
+}  // namespace keel::server
+
+namespace keel::server {
+namespace {
+TEST(NodeRequests, ARequestOverTheSizeLimitIsRefusedAndNothingIsProposed) {
+  SingleNode n;
+  Outcome big;
+  n.node.Propose(std::string(n.node.config().request_bytes_max + 1, 'x'), Capture(&big));
+  EXPECT_EQ(big.calls, 1);
+  EXPECT_TRUE(absl::IsInvalidArgument(big.status)) << big.status;
+}
+}  // namespace
+}  // namespace keel::server
