@@ -330,13 +330,15 @@ void Raft::StepFollower(Message&& m) {
       HandleSnapshot(std::move(m));
       break;
     case MessageType::kTimeoutNow:
+      if (m.from != lead_) break;  // only our leader may hand us leadership
       logger_.Info("TimeoutNow").Field("id", config_.id).Field("term", term_)
           .Field("from", m.from);
       // Thesis §3.10: the leader chose us; campaign at once, skipping the pre-vote.
       CampaignAs(CampaignType::kTransfer);
       break;
     case MessageType::kReadIndexResponse:
-      read_states_.push_back({m.index, std::move(m.context)});
+      // Only the leader of our term confirms read points; anything else is stale.
+      if (m.from == lead_) read_states_.push_back({m.index, std::move(m.context)});
       break;
     default:
       break;  // proposals from peers are not re-forwarded: no forwarding loops
