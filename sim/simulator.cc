@@ -1142,6 +1142,7 @@ RunResult Sim::Result() const {
     (r.write ? writes : reads)++;
     if (r.outcome == Request::Outcome::kOk) (r.write ? writes_ok : reads_ok)++;
   }
+  result.writes_ok = writes_ok;
   result.summary = absl::StrFormat(
       "seed=0x%x nodes=%d sim=%.1fs events=%d msgs=%d/%d writes=%d/%d reads=%d/%d "
       "elections=%d commit=%d hash=0x%016x %s",

@@ -45,6 +45,7 @@ struct RunResult {
   std::string summary;                // one line
   double simulated_seconds = 0;
   uint64_t events = 0;
+  uint64_t writes_ok = 0;
 };
 
 RunResult RunScenario(const Scenario& scenario, const RunOptions& options);
