@@ -14,6 +14,7 @@
 #include "core/server/node.h"
 #include "core/server/register.h"
 #include "sim/checker.h"
+#include "sim/history.h"
 #include "sim/sim_storage.h"
 
 namespace keel::sim {
@@ -92,16 +93,8 @@ struct SimNode {
   LogIndex commit;
 };
 
-struct Request {
-  int client = 0;
-  int node = 0;
-  bool write = true;
-  std::string value;
-  Nanos start{0};
-  Nanos end{-1};
-  enum class Outcome { kPending, kOk, kFailed, kTimedOut } outcome = Outcome::kPending;
-  size_t read_length = 0;  // reads: register length observed
-};
+using Request = ClientHistory::Request;
+using Outcome = ClientHistory::Outcome;
 
 class Sim {
  public:
@@ -162,7 +155,7 @@ class Sim {
   // Clients.
   void ScheduleClient(int client, Nanos delay);
   void IssueRequest(int client);
-  void Resolve(size_t request, Request::Outcome outcome, size_t read_length);
+  void Resolve(size_t request, Outcome outcome, size_t read_length);
 
   // Checks.
   void Fail(std::string text);
@@ -171,8 +164,6 @@ class Sim {
   void RunRecoveryAndDrain();
   RunResult Result() const;
   void CheckEndState();
-  void CheckLinearizable(const std::vector<server::Register::Value>& reference,
-                         const absl::btree_map<std::string, size_t>& position);
   void CheckExpectations();
   double Measure(const Expectation& e);
   Nanos ElectionTimeout() const { return scenario_.tick_interval * scenario_.election_ticks; }
@@ -206,9 +197,8 @@ class Sim {
   uint64_t messages_dropped_ = 0;
 
   bool clients_active_ = true;
-  size_t requests_pending_ = 0;
   std::vector<uint64_t> client_seq_;
-  std::vector<Request> history_;
+  ClientHistory history_;
 
   struct CommitEvent { Nanos at; int node; uint64_t count; bool leader; };
   struct LeaderInterval { int node; Nanos from; Nanos to; };
@@ -780,33 +770,31 @@ void Sim::ScheduleClient(int client, Nanos delay) {
 
 void Sim::IssueRequest(int client) {
   if (!clients_active_) return;
-  const size_t id = history_.size();
   Request req;
   req.client = client;
   req.node = static_cast<int>(rng_.Uniform(scenario_.cluster));
   req.write = !rng_.Chance(scenario_.workload.read_fraction);
   if (req.write) req.value = absl::StrCat("c", client, "-", client_seq_[client]++);
   req.start = now_;
-  history_.push_back(req);
-  ++requests_pending_;
+  const size_t id = history_.Begin(std::move(req));
 
   const Nanos there(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
   Schedule(now_ + scenario_.workload.timeout, [this, id] {
-    Resolve(id, Request::Outcome::kTimedOut, 0);
+    Resolve(id, Outcome::kTimedOut, 0);
   });
   Schedule(now_ + there, [this, id] {
-    const int target = history_[id].node;
+    const int target = history_.at(id).node;
     if (!nodes_[target].up) {  // connection refused: nothing was sent
-      Resolve(id, Request::Outcome::kFailed, 0);
+      Resolve(id, Outcome::kFailed, 0);
       return;
     }
     RunOnNode(target, kAnyIncarnation, [this, id, target] {
       auto reply = [this, id, target](absl::Status st) {
-        Request::Outcome outcome = Request::Outcome::kOk;
+        Outcome outcome = Outcome::kOk;
         if (absl::IsDeadlineExceeded(st)) {
-          outcome = Request::Outcome::kTimedOut;  // indeterminate
+          outcome = Outcome::kTimedOut;  // indeterminate
         } else if (!st.ok()) {
-          outcome = Request::Outcome::kFailed;    // definitely not appended
+          outcome = Outcome::kFailed;    // definitely not appended
         }
         const size_t length = nodes_[target].state->values().size();
         // The reply leaves once the node's fsync completes, if it does not crash first.
@@ -819,8 +807,8 @@ void Sim::IssueRequest(int client) {
           });
         });
       };
-      if (history_[id].write) {
-        nodes_[target].node->Propose(history_[id].value, std::move(reply));
+      if (history_.at(id).write) {
+        nodes_[target].node->Propose(history_.at(id).value, std::move(reply));
       } else {
         nodes_[target].node->Read(std::move(reply));
       }
@@ -828,24 +816,20 @@ void Sim::IssueRequest(int client) {
   });
 }
 
-void Sim::Resolve(size_t id, Request::Outcome outcome, size_t read_length) {
-  Request& r = history_[id];
-  if (r.outcome != Request::Outcome::kPending) return;
-  --requests_pending_;
-  r.outcome = outcome;
-  r.end = now_;
-  r.read_length = read_length;
+void Sim::Resolve(size_t id, Outcome outcome, size_t read_length) {
+  if (!history_.Resolve(id, outcome, read_length, now_)) return;
+  const Request& r = history_.at(id);
   hash_.Add(0xc11eULL + static_cast<uint64_t>(outcome) * 131 + id);
   if (r.start >= progress_from_ && r.start < progress_to_) {
     // With a leader in place, no request may be refused outright. One may still time
     // out where the offered load exceeds what the flow-control settings can replicate
     // to a lagging follower; the drain's convergence check catches followers that
     // never catch up.
-    if (outcome == Request::Outcome::kFailed) {
+    if (outcome == Outcome::kFailed) {
       Fail(absl::StrCat("Liveness: a ", r.write ? "write" : "read", " to n", r.node + 1,
                         " started at ", FormatTime(r.start), " after recovery was refused"));
     }
-    if (outcome == Request::Outcome::kOk && r.write) ++progress_writes_ok_;
+    if (outcome == Outcome::kOk && r.write) ++progress_writes_ok_;
   }
   ScheduleClient(r.client, Nanos(rng_.Range(0, scenario_.workload.think.count())));
 }
@@ -889,7 +873,7 @@ void Sim::CheckRecoveryLeader() {
 }
 
 bool Sim::Converged() const {
-  if (requests_pending_ > 0) return false;
+  if (history_.pending() > 0) return false;
   const int leader = CurrentLeader();
   if (leader < 0) return false;
   const LogIndex last = nodes_[leader].node->raft().log().LastIndex();
@@ -912,81 +896,7 @@ void Sim::CheckEndState() {
       return;
     }
   }
-  absl::btree_map<std::string, size_t> position;
-  for (size_t k = 0; k < reference.size(); ++k) position[reference[k].data] = k;
-  for (size_t id = 0; id < history_.size(); ++id) {
-    const Request& r = history_[id];
-    if (!r.write) continue;
-    const bool present = position.contains(r.value);
-    if (r.outcome == Request::Outcome::kOk && !present) {
-      Fail(absl::StrCat("Durability: acknowledged write ", r.value, " is not in the register"));
-    }
-    if (r.outcome == Request::Outcome::kFailed && present) {
-      Fail(absl::StrCat("Integrity: write ", r.value, " failed definitely but was applied"));
-    }
-  }
-  if (!failures_.empty()) return;  // the order checks need every acked write
-  CheckLinearizable(reference, position);
-}
-
-void Sim::CheckLinearizable(const std::vector<server::Register::Value>& reference,
-                            const absl::btree_map<std::string, size_t>& position) {
-  // Linearizability of the append-only register. Every successful operation proves a
-  // prefix of the final register existed when it took effect: a write at position p
-  // proves p + 1 values, a read of length L proves L. An operation that starts after
-  // another ended must take effect later, so it must see at least that prefix: a later
-  // write lands at a position >= it, a later read returns a length >= it. Conversely a
-  // read of length L must not include a write that started after the read ended.
-  auto seen = [&](const Request& r) -> size_t {
-    return r.write ? position.at(r.value) + 1 : r.read_length;
-  };
-  std::vector<size_t> ok_by_end;
-  for (size_t id = 0; id < history_.size(); ++id) {
-    if (history_[id].outcome == Request::Outcome::kOk) ok_by_end.push_back(id);
-  }
-  std::sort(ok_by_end.begin(), ok_by_end.end(), [&](size_t x, size_t y) {
-    return history_[x].end != history_[y].end ? history_[x].end < history_[y].end : x < y;
-  });
-  std::vector<size_t> seen_max;  // over the prefix of ok_by_end
-  for (size_t id : ok_by_end) {
-    seen_max.push_back(std::max(seen_max.empty() ? 0 : seen_max.back(), seen(history_[id])));
-  }
-  std::vector<Nanos> prefix_start_max(reference.size() + 1, Nanos(INT64_MIN));
-  absl::btree_map<std::string, Nanos> start_of;
-  for (const Request& r : history_) {
-    if (r.write) start_of[r.value] = r.start;
-  }
-  for (size_t k = 0; k < reference.size(); ++k) {
-    auto it = start_of.find(reference[k].data);
-    const Nanos s = it == start_of.end() ? Nanos(INT64_MAX) : it->second;
-    prefix_start_max[k + 1] = std::max(prefix_start_max[k], s);
-  }
-  for (size_t id : ok_by_end) {
-    const Request& r = history_[id];
-    // Operations that ended strictly before r started.
-    const auto cut = std::lower_bound(ok_by_end.begin(), ok_by_end.end(), r.start,
-        [&](size_t other, Nanos t) { return history_[other].end < t; });
-    const size_t count = static_cast<size_t>(cut - ok_by_end.begin());
-    const size_t must_see = count == 0 ? 0 : seen_max[count - 1];
-    if (r.write && position.at(r.value) < must_see) {
-      Fail(absl::StrCat("Linearizability: write ", r.value, " started at ",
-                        FormatTime(r.start), " landed before a prefix of ", must_see,
-                        " values that an earlier operation had already seen"));
-      return;
-    }
-    if (!r.write && r.read_length < must_see) {
-      Fail(absl::StrCat("Linearizability: read at n", r.node + 1, " started at ",
-                        FormatTime(r.start), " saw ", r.read_length,
-                        " values; an operation that ended before it saw ", must_see));
-      return;
-    }
-    if (!r.write &&
-        (r.read_length > reference.size() || prefix_start_max[r.read_length] > r.end)) {
-      Fail(absl::StrCat("Linearizability: read at n", r.node + 1, " ended at ",
-                        FormatTime(r.end), " saw a write that started after it"));
-      return;
-    }
-  }
+  for (std::string& f : history_.Check(reference)) Fail(std::move(f));
 }
 
 double Sim::Measure(const Expectation& e) {
@@ -1019,15 +929,15 @@ double Sim::Measure(const Expectation& e) {
       }
       break;
     case Metric::kAcked:
-      for (const Request& r : history_) {
-        if (r.write && r.outcome == Request::Outcome::kOk && r.end >= e.from && r.end < e.to) {
+      for (const Request& r : history_.requests()) {
+        if (r.write && r.outcome == Outcome::kOk && r.end >= e.from && r.end < e.to) {
           total += 1;
         }
       }
       break;
     case Metric::kFailed:
-      for (const Request& r : history_) {
-        if (r.start >= e.from && r.start < e.to && r.outcome != Request::Outcome::kOk) {
+      for (const Request& r : history_.requests()) {
+        if (r.start >= e.from && r.start < e.to && r.outcome != Outcome::kOk) {
           total += 1;
         }
       }
@@ -1122,7 +1032,7 @@ void Sim::RunRecoveryAndDrain() {
                       " after faults healed"));
   }
   bool writes_issued = false;
-  for (const Request& r : history_) writes_issued |= r.write && r.start >= progress_from_;
+  for (const Request& r : history_.requests()) writes_issued |= r.write && r.start >= progress_from_;
   if (writes_issued && progress_writes_ok_ == 0) {
     Fail(absl::StrCat("Liveness: no write succeeded in the ", kRecoveryElectionTimeouts,
                       " election timeouts after a leader was due (from ",
@@ -1138,9 +1048,9 @@ RunResult Sim::Result() const {
   result.simulated_seconds = static_cast<double>(now_.count()) / 1e9;
   result.events = events_;
   size_t writes_ok = 0, writes = 0, reads_ok = 0, reads = 0;
-  for (const Request& r : history_) {
+  for (const Request& r : history_.requests()) {
     (r.write ? writes : reads)++;
-    if (r.outcome == Request::Outcome::kOk) (r.write ? writes_ok : reads_ok)++;
+    if (r.outcome == Outcome::kOk) (r.write ? writes_ok : reads_ok)++;
   }
   result.writes_ok = writes_ok;
   result.summary = absl::StrFormat(
