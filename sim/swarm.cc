@@ -22,6 +22,73 @@ NodeRef LeaderOrAny(Rng& r, int cluster) {
   return r.Chance(0.5) ? Leader() : Id(static_cast<int>(r.Uniform(cluster)));
 }
 
+// Jepsen's leader-killing nemesis: knock out whoever leads, again and again, each time
+// briefly, so that leaders come and go with uncommitted entries in flight.
+void AddLeaderChurn(Rng& r, const Scenario& s, Nanos at, std::vector<Step>& out) {
+  const Nanos et = s.tick_interval * s.election_ticks;
+  auto later = [&](Nanos delay) { return std::min(at + delay, s.run_for - Nanos(1)); };
+  const int rounds = static_cast<int>(r.Range(2, 8));
+  Nanos t = at;
+  for (int k = 0; k < rounds && t < s.run_for; ++k) {
+    const bool crash = r.Chance(0.5);
+    Step strike;
+    strike.at = t;
+    strike.kind = crash ? StepKind::kCrash : StepKind::kIsolate;
+    strike.a = Leader();
+    strike.label = absl::StrFormat("churn%d_%d", out.size(), k);
+    Step back;
+    back.at = later(t - at + Between(r, Nanos(0), 2 * et));
+    back.kind = crash ? StepKind::kRestart : StepKind::kHeal;
+    if (crash) back.a = NodeRef{NodeRef::Kind::kLabel, NodeId(0), strike.label};
+    out.push_back(std::move(strike));
+    out.push_back(std::move(back));
+    t += Between(r, s.tick_interval, 3 * et);
+  }
+}
+
+// One link (or one direction) turns slow and jittery, then recovers.
+void AddSlowLink(Rng& r, const Scenario& s, Nanos at, std::vector<Step>& out) {
+  const Nanos et = s.tick_interval * s.election_ticks;
+  const int n = s.cluster;
+  auto later = [&](Nanos delay) { return std::min(at + delay, s.run_for - Nanos(1)); };
+  Step step;
+  step.at = at;
+  const int a = static_cast<int>(r.Uniform(n));
+  const int b = static_cast<int>(r.Uniform(n));
+  if (a == b) return;
+  step.kind = StepKind::kLatency;
+  step.a = Id(a);
+  step.b = Id(b);
+  step.one_way = r.Chance(0.5);
+  step.duration = Between(r, s.network.latency_min, et / 2);
+  step.duration2 = step.duration + Between(r, Nanos(0), 2 * et);
+  out.push_back(step);
+  Step back = step;
+  back.at = later(Between(r, et, 10 * et));
+  back.duration = s.network.latency_min;
+  back.duration2 = s.network.latency_max;
+  out.push_back(back);
+}
+
+// A crash, then a restart soon (often within one fsync: in the middle of an election).
+void AddCrashAndRestart(Rng& r, const Scenario& s, Nanos at, std::vector<Step>& out) {
+  const Nanos et = s.tick_interval * s.election_ticks;
+  const int n = s.cluster;
+  auto later = [&](Nanos delay) { return std::min(at + delay, s.run_for - Nanos(1)); };
+  Step step;
+  step.at = at;
+  const int victim = static_cast<int>(r.Uniform(n));
+  step.kind = StepKind::kCrash;
+  step.a = r.Chance(0.4) ? Leader() : Id(victim);
+  const std::string label = absl::StrFormat("crashed%d", out.size());
+  step.label = label;
+  out.push_back(step);
+  const Nanos down = r.Chance(0.3) ? Between(r, Nanos(0), s.disk.fsync_max * 2)
+                                   : Between(r, Nanos(0), 4 * et);
+  out.push_back(Step{.at = later(down), .kind = StepKind::kRestart,
+                     .a = NodeRef{NodeRef::Kind::kLabel, NodeId(0), label}});
+}
+
 void AddFault(Rng& r, const Scenario& s, FaultKind kind, Nanos at, std::vector<Step>& out) {
   const Nanos et = s.tick_interval * s.election_ticks;
   const int n = s.cluster;
@@ -59,20 +126,9 @@ void AddFault(Rng& r, const Scenario& s, FaultKind kind, Nanos at, std::vector<S
       out.push_back(restore);
       return;
     }
-    case kCrash: {
-      const int victim = static_cast<int>(r.Uniform(n));
-      step.kind = StepKind::kCrash;
-      step.a = r.Chance(0.4) ? Leader() : Id(victim);
-      const std::string label = absl::StrFormat("crashed%d", out.size());
-      step.label = label;
-      out.push_back(step);
-      // Restart soon (often within one fsync: a crash in the middle of an election).
-      const Nanos down = r.Chance(0.3) ? Between(r, Nanos(0), s.disk.fsync_max * 2)
-                                       : Between(r, Nanos(0), 4 * et);
-      out.push_back(Step{.at = later(down), .kind = StepKind::kRestart,
-                         .a = NodeRef{NodeRef::Kind::kLabel, NodeId(0), label}});
+    case kCrash:
+      AddCrashAndRestart(r, s, at, out);
       return;
-    }
     case kPause:
       step.kind = StepKind::kPause;
       step.a = LeaderOrAny(r, n);
@@ -120,46 +176,12 @@ void AddFault(Rng& r, const Scenario& s, FaultKind kind, Nanos at, std::vector<S
       step.a = Id(static_cast<int>(r.Uniform(n)));
       out.push_back(step);
       return;
-    case kLeaderChurn: {
-      // Jepsen's leader-killing nemesis: knock out whoever leads, again and again, each
-      // time briefly, so that leaders come and go with uncommitted entries in flight.
-      const int rounds = static_cast<int>(r.Range(2, 8));
-      Nanos t = at;
-      for (int k = 0; k < rounds && t < s.run_for; ++k) {
-        const std::string label = absl::StrFormat("churn%d_%d", out.size(), k);
-        const bool crash = r.Chance(0.5);
-        out.push_back(Step{.at = t, .kind = crash ? StepKind::kCrash : StepKind::kIsolate,
-                           .a = Leader(), .label = label});
-        const Nanos back = later(t - at + Between(r, Nanos(0), 2 * et));
-        if (crash) {
-          out.push_back(Step{.at = back, .kind = StepKind::kRestart,
-                             .a = NodeRef{NodeRef::Kind::kLabel, NodeId(0), label}});
-        } else {
-          out.push_back(Step{.at = back, .kind = StepKind::kHeal});
-        }
-        t += Between(r, s.tick_interval, 3 * et);
-      }
+    case kLeaderChurn:
+      AddLeaderChurn(r, s, at, out);
       return;
-    }
-    case kSlowLink: {
-      // One link (or one direction) turns slow and jittery, then recovers.
-      const int a = static_cast<int>(r.Uniform(n));
-      const int b = static_cast<int>(r.Uniform(n));
-      if (a == b) return;
-      step.kind = StepKind::kLatency;
-      step.a = Id(a);
-      step.b = Id(b);
-      step.one_way = r.Chance(0.5);
-      step.duration = Between(r, s.network.latency_min, et / 2);
-      step.duration2 = step.duration + Between(r, Nanos(0), 2 * et);
-      out.push_back(step);
-      Step back = step;
-      back.at = later(Between(r, et, 10 * et));
-      back.duration = s.network.latency_min;
-      back.duration2 = s.network.latency_max;
-      out.push_back(back);
+    case kSlowLink:
+      AddSlowLink(r, s, at, out);
       return;
-    }
     case kAssassin:
       step.kind = StepKind::kChurn;
       step.duration = Between(r, 2 * et, 20 * et);
