@@ -1,0 +1,273 @@
+#include "storage/sqlite_storage.h"
+
+#include <sqlite3.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "core/assert.h"
+
+namespace keel::storage {
+namespace {
+
+constexpr int64_t kSchemaVersion = 1;
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE hard_state (id INTEGER PRIMARY KEY CHECK (id = 0), term INTEGER NOT NULL,
+                         vote INTEGER NOT NULL, commit_index INTEGER NOT NULL);
+CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 0), idx INTEGER NOT NULL,
+                       term INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE raft_log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL,
+                       type INTEGER NOT NULL, data BLOB NOT NULL);
+INSERT INTO meta (key, value) VALUES ('schema_version', 1);
+)sql";
+
+// uint64 <-> SQLite's int64, bit for bit.
+int64_t ToDb(uint64_t v) {
+  int64_t out;
+  std::memcpy(&out, &v, sizeof out);
+  return out;
+}
+uint64_t FromDb(int64_t v) {
+  uint64_t out;
+  std::memcpy(&out, &v, sizeof out);
+  return out;
+}
+
+// A prepared statement, reset after every use.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) { rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr); }
+  ~Stmt() { sqlite3_finalize(stmt_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+
+  bool ok() const { return rc_ == SQLITE_OK || rc_ == SQLITE_ROW || rc_ == SQLITE_DONE; }
+  int rc() const { return rc_; }
+  Stmt& Bind(int i, uint64_t v) {
+    if (ok()) rc_ = sqlite3_bind_int64(stmt_, i, ToDb(v));
+    return *this;
+  }
+  Stmt& Bind(int i, std::string_view blob) {
+    // SQLITE_STATIC: the bytes outlive the step that reads them (bound per call).
+    if (ok()) rc_ = sqlite3_bind_blob64(stmt_, i, blob.data(), blob.size(), SQLITE_STATIC);
+    return *this;
+  }
+  // Ready for the next set of bindings.
+  void Reset() {
+    if (!ok()) return;
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+  // Steps once: true for a row, false when done or on error (check ok()).
+  bool Step() {
+    if (!ok()) return false;
+    rc_ = sqlite3_step(stmt_);
+    return rc_ == SQLITE_ROW;
+  }
+  uint64_t U64(int col) const { return FromDb(sqlite3_column_int64(stmt_, col)); }
+  int Type(int col) const { return sqlite3_column_type(stmt_, col); }
+  std::string Blob(int col) const {
+    const void* p = sqlite3_column_blob(stmt_, col);
+    const int n = sqlite3_column_bytes(stmt_, col);
+    return p == nullptr ? std::string() : std::string(static_cast<const char*>(p), n);
+  }
+
+ private:
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_ = SQLITE_OK;
+};
+
+absl::Status StatusFor(int rc, std::string_view what, sqlite3* db) {
+  const std::string message = absl::StrCat(absl::string_view(what.data(), what.size()), ": ",
+                                           db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+  switch (rc & 0xff) {
+    case SQLITE_FULL: return absl::ResourceExhaustedError(message);
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB: return absl::DataLossError(message);
+    default: return absl::InternalError(message);
+  }
+}
+
+}  // namespace
+
+SqliteStorage::SqliteStorage(sqlite3* db) : db_(db) {}
+
+SqliteStorage::~SqliteStorage() {
+  // An open transaction is rolled back: unsynced writes are lost, as after a crash.
+  sqlite3_close_v2(db_);
+}
+
+absl::StatusOr<std::unique_ptr<SqliteStorage>> SqliteStorage::Open(const std::string& path,
+                                                                   const Options& options) {
+  sqlite3* db = nullptr;
+  const int rc = sqlite3_open_v2(path.c_str(), &db,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                     SQLITE_OPEN_NOMUTEX,
+                                 options.vfs.empty() ? nullptr : options.vfs.c_str());
+  if (rc != SQLITE_OK) {
+    absl::Status st = StatusFor(rc, absl::StrCat("open ", path), db);
+    sqlite3_close_v2(db);
+    return st;
+  }
+  std::unique_ptr<SqliteStorage> storage(new SqliteStorage(db));
+  if (absl::Status st = storage->Initialize(); !st.ok()) return st;
+  return storage;
+}
+
+absl::Status SqliteStorage::Error(const char* what) const {
+  return StatusFor(sqlite3_errcode(db_), what, db_);
+}
+
+absl::Status SqliteStorage::Exec(const char* sql) {
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) {
+    failed_ = true;
+    return Error(sql);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStorage::Initialize() {
+  // EXCLUSIVE before WAL: the WAL index then lives in heap memory, no -shm file.
+  if (absl::Status st = Exec("PRAGMA locking_mode=EXCLUSIVE"); !st.ok()) return st;
+  {
+    Stmt wal(db_, "PRAGMA journal_mode=WAL");
+    if (!wal.Step() || wal.Blob(0) != "wal") {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot use WAL journal mode: ", sqlite3_errmsg(db_)));
+    }
+  }
+  if (absl::Status st = Exec("PRAGMA synchronous=FULL"); !st.ok()) return st;
+
+  Stmt tables(db_, "SELECT count(*) FROM sqlite_schema");
+  if (!tables.Step()) return Error("read the schema");
+  if (tables.U64(0) == 0) {
+    if (absl::Status st = Exec("BEGIN"); !st.ok()) return st;
+    if (absl::Status st = Exec(kSchema); !st.ok()) return st;
+    return Exec("COMMIT");
+  }
+  Stmt version(db_, "SELECT value FROM meta WHERE key = 'schema_version'");
+  if (!version.Step() || version.Type(0) != SQLITE_INTEGER) {
+    return absl::FailedPreconditionError(
+        "not a keel database (no schema version); refusing to touch it");
+  }
+  const int64_t v = static_cast<int64_t>(version.U64(0));
+  if (v != kSchemaVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "database schema version ", v, v > kSchemaVersion ? " is newer than" : " differs from",
+        " this keel's (", kSchemaVersion, "); refusing to open it"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStorage::Begin() {
+  if (failed_) return absl::FailedPreconditionError("storage failed earlier (fail-stop)");
+  if (in_transaction_) return absl::OkStatus();
+  if (absl::Status st = Exec("BEGIN"); !st.ok()) return st;
+  in_transaction_ = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<raft::RecoveredState> SqliteStorage::Load() {
+  if (in_transaction_) return absl::FailedPreconditionError("Load with unsynced writes");
+  raft::RecoveredState out;
+  Stmt hs(db_, "SELECT term, vote, commit_index FROM hard_state WHERE id = 0");
+  if (hs.Step()) out.hard_state = {Term(hs.U64(0)), NodeId(hs.U64(1)), LogIndex(hs.U64(2))};
+  if (!hs.ok()) return Error("read hard_state");
+
+  Stmt snap(db_, "SELECT idx, term, data FROM snapshot WHERE id = 0");
+  if (snap.Step()) {
+    out.snapshot = raft::Snapshot{LogIndex(snap.U64(0)), Term(snap.U64(1)), snap.Blob(2)};
+    if (out.snapshot->index.value == 0 || out.snapshot->term.IsZero()) {
+      return absl::DataLossError("snapshot row without index or term");
+    }
+  }
+  if (!snap.ok()) return Error("read snapshot");
+
+  const LogIndex after = out.snapshot ? out.snapshot->index : LogIndex(0);
+  Stmt log(db_, "SELECT idx, term, type, data FROM raft_log WHERE idx > ? ORDER BY idx");
+  log.Bind(1, after.value);
+  Term previous = out.snapshot ? out.snapshot->term : Term(0);
+  while (log.Step()) {
+    const LogIndex index(log.U64(0));
+    const Term term(log.U64(1));
+    if (index != after + 1 + out.entries.size()) {
+      return absl::DataLossError(absl::StrCat("raft log has a gap before index ", index.value));
+    }
+    if (term.IsZero() || term < previous || log.U64(2) != 0) {
+      return absl::DataLossError(absl::StrCat("raft log entry ", index.value, " is malformed"));
+    }
+    previous = term;
+    out.entries.push_back({term, index, raft::EntryType::kNormal, log.Blob(3)});
+  }
+  if (!log.ok()) return Error("read raft_log");
+  if (out.hard_state.term < previous) {
+    return absl::DataLossError("hard state term is behind the log");
+  }
+  return out;
+}
+
+absl::Status SqliteStorage::Append(std::span<const raft::Entry> entries) {
+  if (entries.empty()) return absl::OkStatus();
+  if (absl::Status st = Begin(); !st.ok()) return st;
+  Stmt drop(db_, "DELETE FROM raft_log WHERE idx >= ?");
+  drop.Bind(1, entries.front().index.value).Step();
+  if (!drop.ok()) return failed_ = true, Error("truncate raft_log");
+  Stmt row(db_, "INSERT INTO raft_log (idx, term, type, data) VALUES (?, ?, ?, ?)");
+  for (const raft::Entry& e : entries) {
+    row.Reset();
+    row.Bind(1, e.index.value).Bind(2, e.term.value).Bind(3, static_cast<uint64_t>(e.type))
+        .Bind(4, e.data).Step();
+    if (!row.ok()) return failed_ = true, Error("append to raft_log");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStorage::SaveHardState(const raft::HardState& state) {
+  if (absl::Status st = Begin(); !st.ok()) return st;
+  Stmt upsert(db_, "INSERT OR REPLACE INTO hard_state (id, term, vote, commit_index) "
+                   "VALUES (0, ?, ?, ?)");
+  upsert.Bind(1, state.term.value).Bind(2, state.vote.value).Bind(3, state.commit.value).Step();
+  if (!upsert.ok()) return failed_ = true, Error("save hard_state");
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStorage::WriteSnapshotRow(const raft::Snapshot& snapshot) {
+  Stmt upsert(db_, "INSERT OR REPLACE INTO snapshot (id, idx, term, data) VALUES (0, ?, ?, ?)");
+  upsert.Bind(1, snapshot.index.value).Bind(2, snapshot.term.value).Bind(3, snapshot.data)
+      .Step();
+  if (!upsert.ok()) return failed_ = true, Error("save snapshot");
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStorage::SaveSnapshot(const raft::Snapshot& snapshot) {
+  if (absl::Status st = Begin(); !st.ok()) return st;
+  Stmt current(db_, "SELECT idx FROM snapshot WHERE id = 0");
+  if (current.Step() && current.U64(0) >= snapshot.index.value) return absl::OkStatus();
+  if (!current.ok()) return failed_ = true, Error("read snapshot");
+  return WriteSnapshotRow(snapshot);
+}
+
+absl::Status SqliteStorage::InstallSnapshot(const raft::Snapshot& snapshot) {
+  if (absl::Status st = Begin(); !st.ok()) return st;
+  if (absl::Status st = Exec("DELETE FROM raft_log"); !st.ok()) return st;
+  return WriteSnapshotRow(snapshot);
+}
+
+absl::Status SqliteStorage::Compact(LogIndex through) {
+  if (absl::Status st = Begin(); !st.ok()) return st;
+  Stmt drop(db_, "DELETE FROM raft_log WHERE idx <= ?");
+  drop.Bind(1, through.value).Step();
+  if (!drop.ok()) return failed_ = true, Error("compact raft_log");
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStorage::Sync() {
+  if (failed_) return absl::FailedPreconditionError("storage failed earlier (fail-stop)");
+  if (!in_transaction_) return absl::OkStatus();
+  in_transaction_ = false;
+  return Exec("COMMIT");  // synchronous=FULL: the WAL is fsynced before this returns
+}
+
+}  // namespace keel::storage

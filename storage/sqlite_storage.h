@@ -1,0 +1,75 @@
+#pragma once
+// SqliteStorage: the durable state of one node in one SQLite database (server::Storage).
+//
+// Schema (version 1):
+//   meta(key TEXT PRIMARY KEY, value INTEGER)     'schema_version' = 1
+//   hard_state(id = 0, term, vote, commit_index)   at most one row
+//   snapshot(id = 0, idx, term, data BLOB)         the latest snapshot, at most one row
+//   raft_log(idx INTEGER PRIMARY KEY, term, type, data BLOB)
+// Every integer is a uint64 stored bit for bit in SQLite's int64; reads validate them.
+//
+// Connection: journal_mode=WAL, synchronous=FULL, locking_mode=EXCLUSIVE (one process
+// owns the file; WAL then needs no shared-memory file).
+//
+// Group commit: the first write after a Sync opens a transaction; Sync commits it. One
+// Ready = one transaction = one WAL fsync (synchronous=FULL syncs the WAL at commit).
+//
+// What survives a crash, at each point:
+//   before COMMIT              nothing of the open transaction (the WAL frames written so
+//                              far have no commit frame and are ignored on recovery);
+//   after the WAL write, before its fsync returns
+//                              either all of the transaction or none of it: the commit
+//                              frame is checksummed, a torn tail is discarded;
+//   after the fsync            all of it (this is when Sync returns OK);
+//   during a checkpoint        all committed transactions: the WAL is only reset after
+//                              the database file is synced, and recovery replays it.
+// A failed write or sync is fatal (fail-stop, server/storage.h): the transaction is
+// abandoned and the node must not continue with this connection.
+//
+// Opening validates: a database from a newer keel (schema_version > 1) or one that is
+// not a keel database is refused with a clear error, never reset. A missing file is
+// created empty.
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/server/storage.h"
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace keel::storage {
+
+class SqliteStorage : public server::Storage {
+ public:
+  struct Options {
+    std::string vfs;  // empty: SQLite's default VFS (the real disk)
+  };
+  static absl::StatusOr<std::unique_ptr<SqliteStorage>> Open(const std::string& path,
+                                                             const Options& options);
+  ~SqliteStorage() override;
+
+  absl::StatusOr<raft::RecoveredState> Load() override;
+  absl::Status Append(std::span<const raft::Entry> entries) override;
+  absl::Status SaveHardState(const raft::HardState& state) override;
+  absl::Status SaveSnapshot(const raft::Snapshot& snapshot) override;
+  absl::Status InstallSnapshot(const raft::Snapshot& snapshot) override;
+  absl::Status Compact(LogIndex through) override;
+  absl::Status Sync() override;
+
+ private:
+  class Statement;
+  explicit SqliteStorage(sqlite3* db);
+  absl::Status Initialize();
+  absl::Status Exec(const char* sql);
+  absl::Status Begin();
+  absl::Status WriteSnapshotRow(const raft::Snapshot& snapshot);
+  absl::Status Error(const char* what) const;
+
+  sqlite3* db_;
+  bool in_transaction_ = false;
+  bool failed_ = false;  // after any error: fail-stop
+};
+
+}  // namespace keel::storage

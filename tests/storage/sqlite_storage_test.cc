@@ -1,0 +1,186 @@
+#include "storage/sqlite_storage.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace keel::storage {
+namespace {
+
+using ::testing::HasSubstr;
+using raft::Entry;
+
+std::vector<Entry> Entries(uint64_t first, uint64_t count, uint64_t term) {
+  std::vector<Entry> out;
+  for (uint64_t k = 0; k < count; ++k) {
+    out.push_back({Term(term), LogIndex(first + k), raft::EntryType::kNormal,
+                   absl::StrCat("v", first + k)});
+  }
+  return out;
+}
+
+class SqliteStorageTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char dir[] = "/tmp/keel-storage-test-XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    dir_ = dir;
+    path_ = dir_ + "/node.db";
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::unique_ptr<SqliteStorage> OpenOk() {
+    absl::StatusOr<std::unique_ptr<SqliteStorage>> s = SqliteStorage::Open(path_, {});
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+  void RawSql(const char* sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  }
+
+  std::string dir_;
+  std::string path_;
+};
+
+TEST_F(SqliteStorageTest, ANewDatabaseLoadsTheEmptyState) {
+  auto s = OpenOk();
+  absl::StatusOr<raft::RecoveredState> r = s->Load();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->hard_state, raft::HardState{});
+  EXPECT_FALSE(r->snapshot.has_value());
+  EXPECT_TRUE(r->entries.empty());
+}
+
+TEST_F(SqliteStorageTest, SyncedWritesSurviveAReopen) {
+  {
+    auto s = OpenOk();
+    ASSERT_TRUE(s->Append(Entries(1, 5, 1)).ok());
+    ASSERT_TRUE(s->SaveHardState({Term(2), NodeId(3), LogIndex(4)}).ok());
+    ASSERT_TRUE(s->Sync().ok());
+  }
+  auto s = OpenOk();
+  absl::StatusOr<raft::RecoveredState> r = s->Load();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->hard_state, (raft::HardState{Term(2), NodeId(3), LogIndex(4)}));
+  EXPECT_EQ(r->entries, Entries(1, 5, 1));
+}
+
+TEST_F(SqliteStorageTest, WritesNotSyncedAreLostAsInACrash) {
+  {
+    auto s = OpenOk();
+    ASSERT_TRUE(s->Append(Entries(1, 2, 1)).ok());
+    ASSERT_TRUE(s->SaveHardState({Term(1), NodeId(1), LogIndex(0)}).ok());
+    ASSERT_TRUE(s->Sync().ok());
+    ASSERT_TRUE(s->Append(Entries(3, 2, 1)).ok());
+    ASSERT_TRUE(s->SaveHardState({Term(1), NodeId(1), LogIndex(4)}).ok());
+    // Closed without Sync: the open transaction never committed.
+  }
+  auto s = OpenOk();
+  absl::StatusOr<raft::RecoveredState> r = s->Load();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->entries, Entries(1, 2, 1));
+  EXPECT_EQ(r->hard_state, (raft::HardState{Term(1), NodeId(1), LogIndex(0)}));
+}
+
+TEST_F(SqliteStorageTest, AppendReplacesTheConflictingSuffix) {
+  auto s = OpenOk();
+  ASSERT_TRUE(s->Append(Entries(1, 5, 1)).ok());
+  ASSERT_TRUE(s->Append(Entries(3, 1, 2)).ok());
+  ASSERT_TRUE(s->SaveHardState({Term(2), NodeId(0), LogIndex(0)}).ok());
+  ASSERT_TRUE(s->Sync().ok());
+  absl::StatusOr<raft::RecoveredState> r = s->Load();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->entries.size(), 3u);
+  EXPECT_EQ(r->entries[2].term, Term(2));
+}
+
+TEST_F(SqliteStorageTest, AnInstalledSnapshotReplacesTheWholeLog) {
+  auto s = OpenOk();
+  ASSERT_TRUE(s->Append(Entries(1, 5, 1)).ok());
+  ASSERT_TRUE(s->InstallSnapshot({LogIndex(10), Term(3), "state"}).ok());
+  ASSERT_TRUE(s->Append(Entries(11, 2, 3)).ok());
+  ASSERT_TRUE(s->SaveHardState({Term(3), NodeId(0), LogIndex(10)}).ok());
+  ASSERT_TRUE(s->Sync().ok());
+  absl::StatusOr<raft::RecoveredState> r = s->Load();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(r->snapshot.has_value());
+  EXPECT_EQ(*r->snapshot, (raft::Snapshot{LogIndex(10), Term(3), "state"}));
+  EXPECT_EQ(r->entries, Entries(11, 2, 3));
+}
+
+TEST_F(SqliteStorageTest, AnOwnSnapshotKeepsTheLogAndCompactionDropsItsPrefix) {
+  auto s = OpenOk();
+  ASSERT_TRUE(s->Append(Entries(1, 10, 1)).ok());
+  ASSERT_TRUE(s->SaveSnapshot({LogIndex(8), Term(1), "at 8"}).ok());
+  ASSERT_TRUE(s->SaveSnapshot({LogIndex(5), Term(1), "older, ignored"}).ok());
+  ASSERT_TRUE(s->Compact(LogIndex(6)).ok());
+  ASSERT_TRUE(s->SaveHardState({Term(1), NodeId(0), LogIndex(8)}).ok());
+  ASSERT_TRUE(s->Sync().ok());
+  absl::StatusOr<raft::RecoveredState> r = s->Load();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->snapshot->data, "at 8");
+  EXPECT_EQ(r->entries, Entries(9, 2, 1));  // only entries after the snapshot are loaded
+}
+
+TEST_F(SqliteStorageTest, ADatabaseFromANewerKeelIsRefusedNotReset) {
+  OpenOk();
+  RawSql("UPDATE meta SET value = 2 WHERE key = 'schema_version'");
+  absl::StatusOr<std::unique_ptr<SqliteStorage>> s = SqliteStorage::Open(path_, {});
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.status().message(), HasSubstr("newer"));
+}
+
+TEST_F(SqliteStorageTest, ADatabaseThatIsNotKeelsIsRefused) {
+  RawSql("CREATE TABLE users (name TEXT)");
+  absl::StatusOr<std::unique_ptr<SqliteStorage>> s = SqliteStorage::Open(path_, {});
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.status().message(), HasSubstr("not a keel database"));
+}
+
+TEST_F(SqliteStorageTest, AFileThatIsNotADatabaseIsRefused) {
+  std::ofstream(path_) << std::string(8192, 'x');
+  absl::StatusOr<std::unique_ptr<SqliteStorage>> s = SqliteStorage::Open(path_, {});
+  EXPECT_FALSE(s.ok());
+}
+
+TEST_F(SqliteStorageTest, AHardStateBehindItsLogIsReportedAsDataLoss) {
+  {
+    auto s = OpenOk();
+    ASSERT_TRUE(s->Append(Entries(1, 2, 5)).ok());
+    ASSERT_TRUE(s->SaveHardState({Term(4), NodeId(0), LogIndex(0)}).ok());
+    ASSERT_TRUE(s->Sync().ok());
+  }
+  auto s = OpenOk();
+  absl::StatusOr<raft::RecoveredState> r = s->Load();
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsDataLoss(r.status())) << r.status();
+}
+
+TEST_F(SqliteStorageTest, AGapInTheLogIsReportedAsDataLoss) {
+  {
+    auto s = OpenOk();
+    ASSERT_TRUE(s->Append(Entries(1, 5, 1)).ok());
+    ASSERT_TRUE(s->SaveHardState({Term(1), NodeId(0), LogIndex(0)}).ok());
+    ASSERT_TRUE(s->Sync().ok());
+  }
+  RawSql("PRAGMA journal_mode=WAL; DELETE FROM raft_log WHERE idx = 3");
+  auto s = OpenOk();
+  absl::StatusOr<raft::RecoveredState> r = s->Load();
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsDataLoss(r.status())) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("gap before index 4"));
+}
+
+}  // namespace
+}  // namespace keel::storage
