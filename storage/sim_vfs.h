@@ -1,0 +1,93 @@
+#pragma once
+// SimDisk: a simulated disk for SQLite, as a custom sqlite3_vfs, so that the simulator
+// runs the real SQLite (and the real storage code) on a disk it controls.
+//
+// Files live in memory. Each file has a durable image and a current image; writes change
+// only the current image until xSync makes it durable (per file, like fsync). Crash()
+// throws the current images away: every file goes back to its durable image, optionally
+// with a torn write: a sector-aligned prefix (512 B granularity) of the last unsynced
+// write to that file reaches the durable image, as a power cut in mid-write would leave it.
+// File creation and deletion are durable at once (we do not model directory fsyncs).
+//
+// Fault injection: a hook is asked before every write and sync and may fail it with
+// SQLITE_IOERR_WRITE, SQLITE_IOERR_FSYNC or SQLITE_FULL. SQLite itself is made
+// deterministic: xRandomness, xCurrentTime and xSleep come from the hooks (WAL salts
+// included), never from the machine.
+//
+// One SimDisk per simulated node; each registers its own VFS under a unique name (pass
+// vfs_name() to SqliteStorage::Options). Not thread-safe: one simulation thread uses it.
+// Locking is a no-op (one connection per disk, PRAGMA locking_mode=EXCLUSIVE, which
+// lets WAL mode run without a shared-memory file).
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "core/rng.h"
+#include "core/types.h"
+
+struct sqlite3_vfs;
+
+namespace keel::storage {
+
+class SimDisk {
+ public:
+  enum class Op { kWrite, kSync };
+  struct Hooks {
+    Rng* rng = nullptr;                       // required: SQLite's randomness
+    std::function<Nanos()> now;               // required: SQLite's clock
+    // Before each write or sync: return SQLITE_OK or the error to fail it with.
+    std::function<int(Op op, const std::string& file)> fault;
+    // After a successful sync (the simulator charges its latency to the node).
+    std::function<void(const std::string& file)> on_sync;
+  };
+
+  explicit SimDisk(Hooks hooks);
+  ~SimDisk();
+  SimDisk(const SimDisk&) = delete;
+  SimDisk& operator=(const SimDisk&) = delete;
+
+  const char* vfs_name() const { return name_.c_str(); }
+
+  // SQLite draws WAL salts and temp names from one process-wide PRNG, seeded from the
+  // default VFS, not ours. A simulation run reseeds it from its seed before opening any
+  // database. Process-wide: runs that share a process must not run concurrently.
+  static void SeedSqlite(uint64_t seed);
+
+  // Power loss: unsynced writes vanish; with `tear`, a sector-aligned prefix of each
+  // file's last unsynced write survives. Files open at the time go dead: every further
+  // operation on them fails with an I/O error (so closing the old connection cannot
+  // write anything), and a new connection sees the durable images.
+  void Crash(bool tear);
+
+  int open_files() const { return open_files_; }
+  uint64_t bytes_durable() const;
+  // FNV-1a over every file's name and durable bytes: equal disks, equal digests.
+  uint64_t DurableDigest() const;
+  uint64_t syncs() const { return syncs_; }
+
+ private:
+  friend struct SimVfsGlue;
+  struct LastWrite {
+    uint64_t offset = 0;
+    std::string bytes;
+    bool valid = false;
+  };
+  struct File {
+    std::string durable;
+    std::string current;
+    LastWrite last_unsynced;
+  };
+
+  Hooks hooks_;
+  std::string name_;
+  sqlite3_vfs* vfs_;
+  std::map<std::string, File> files_;
+  uint64_t epoch_ = 0;  // bumped by Crash; handles from an older epoch are dead
+  int open_files_ = 0;
+  uint64_t syncs_ = 0;
+  uint64_t temp_counter_ = 0;
+};
+
+}  // namespace keel::storage
