@@ -61,16 +61,16 @@ struct SimVfsGlue {
     if (Dead(f)) return SQLITE_IOERR_WRITE;
     if (int rc = Fault(h->disk, SimDisk::Op::kWrite, *h->name); rc != SQLITE_OK) return rc;
     SimDisk::File& file = FileOf(f);
-    const uint64_t off = static_cast<uint64_t>(offset);
-    const uint64_t end = off + static_cast<uint64_t>(amount);
-    if (file.current.size() < end) file.current.resize(end, '\0');
-    std::memcpy(file.current.data() + off, in, static_cast<size_t>(amount));
-    file.last_unsynced = {off, std::string(static_cast<const char*>(in), amount), true};
+    file.unsynced.push_back({static_cast<uint64_t>(offset),
+                             std::string(static_cast<const char*>(in), amount), false});
+    SimDisk::ApplyTo(file.unsynced.back(), file.current);
     return SQLITE_OK;
   }
   static int Truncate(sqlite3_file* f, sqlite3_int64 size) {
     if (Dead(f)) return SQLITE_IOERR_TRUNCATE;
-    FileOf(f).current.resize(static_cast<uint64_t>(size));
+    SimDisk::File& file = FileOf(f);
+    file.unsynced.push_back({static_cast<uint64_t>(size), "", true});
+    SimDisk::ApplyTo(file.unsynced.back(), file.current);
     return SQLITE_OK;
   }
   static int Sync(sqlite3_file* f, int flags) {
@@ -78,8 +78,8 @@ struct SimVfsGlue {
     if (Dead(f)) return SQLITE_IOERR_FSYNC;
     if (int rc = Fault(h->disk, SimDisk::Op::kSync, *h->name); rc != SQLITE_OK) return rc;
     SimDisk::File& file = FileOf(f);
-    file.durable = file.current;
-    file.last_unsynced.valid = false;
+    for (const SimDisk::Change& c : file.unsynced) SimDisk::ApplyTo(c, file.durable);
+    file.unsynced.clear();
     ++h->disk->syncs_;
     if (h->disk->hooks_.on_sync) h->disk->hooks_.on_sync(*h->name);
     return SQLITE_OK;
@@ -192,22 +192,29 @@ SimDisk::~SimDisk() {
   delete vfs_;
 }
 
+void SimDisk::ApplyTo(const Change& change, std::string& image) {
+  if (change.truncate) {
+    image.resize(change.offset);
+    return;
+  }
+  const uint64_t end = change.offset + change.bytes.size();
+  if (image.size() < end) image.resize(end, '\0');
+  std::memcpy(image.data() + change.offset, change.bytes.data(), change.bytes.size());
+}
+
 void SimDisk::Crash(bool tear) {
   ++epoch_;
   for (auto& [name, file] : files_) {
-    if (tear && file.last_unsynced.valid) {
+    if (tear && !file.unsynced.empty() && !file.unsynced.back().truncate) {
       // A power cut mid-write: some whole sectors of the last write made it.
-      const LastWrite& w = file.last_unsynced;
-      const uint64_t sectors = (w.bytes.size() + 511) / 512;
-      const uint64_t kept = std::min<uint64_t>(hooks_.rng->Uniform(sectors + 1) * 512,
-                                               w.bytes.size());
-      if (kept > 0) {
-        if (file.durable.size() < w.offset + kept) file.durable.resize(w.offset + kept, '\0');
-        std::memcpy(file.durable.data() + w.offset, w.bytes.data(), kept);
-      }
+      Change torn = file.unsynced.back();
+      const uint64_t sectors = (torn.bytes.size() + 511) / 512;
+      torn.bytes.resize(std::min<uint64_t>(hooks_.rng->Uniform(sectors + 1) * 512,
+                                           torn.bytes.size()));
+      if (!torn.bytes.empty()) ApplyTo(torn, file.durable);
     }
+    file.unsynced.clear();
     file.current = file.durable;
-    file.last_unsynced.valid = false;
   }
 }
 

@@ -23,6 +23,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "core/rng.h"
 #include "core/types.h"
@@ -69,16 +70,19 @@ class SimDisk {
 
  private:
   friend struct SimVfsGlue;
-  struct LastWrite {
+  // A change to a file's current image not yet synced: bytes at an offset, or (with
+  // `truncate`) a new size.
+  struct Change {
     uint64_t offset = 0;
     std::string bytes;
-    bool valid = false;
+    bool truncate = false;
   };
   struct File {
     std::string durable;
     std::string current;
-    LastWrite last_unsynced;
+    std::vector<Change> unsynced;  // replayed onto `durable` by a sync: O(bytes written)
   };
+  static void ApplyTo(const Change& change, std::string& image);
 
   Hooks hooks_;
   std::string name_;

@@ -92,9 +92,32 @@ absl::Status StatusFor(int rc, std::string_view what, sqlite3* db) {
 
 }  // namespace
 
+struct SqliteStorage::Statements {
+  explicit Statements(sqlite3* db)
+      : truncate(db, "DELETE FROM raft_log WHERE idx >= ?"),
+        insert(db, "INSERT INTO raft_log (idx, term, type, data) VALUES (?, ?, ?, ?)"),
+        hard_state(db, "INSERT OR REPLACE INTO hard_state (id, term, vote, commit_index) "
+                       "VALUES (0, ?, ?, ?)"),
+        snapshot_index(db, "SELECT idx FROM snapshot WHERE id = 0"),
+        snapshot(db, "INSERT OR REPLACE INTO snapshot (id, idx, term, data) "
+                     "VALUES (0, ?, ?, ?)"),
+        compact(db, "DELETE FROM raft_log WHERE idx <= ?") {}
+  bool ok() const {
+    return truncate.ok() && insert.ok() && hard_state.ok() && snapshot_index.ok() &&
+           snapshot.ok() && compact.ok();
+  }
+  Stmt truncate;
+  Stmt insert;
+  Stmt hard_state;
+  Stmt snapshot_index;
+  Stmt snapshot;
+  Stmt compact;
+};
+
 SqliteStorage::SqliteStorage(sqlite3* db) : db_(db) {}
 
 SqliteStorage::~SqliteStorage() {
+  stmts_.reset();  // finalized before the close
   // An open transaction is rolled back: unsynced writes are lost, as after a crash.
   sqlite3_close_v2(db_);
 }
@@ -145,7 +168,8 @@ absl::Status SqliteStorage::Initialize() {
   if (tables.U64(0) == 0) {
     if (absl::Status st = Exec("BEGIN"); !st.ok()) return st;
     if (absl::Status st = Exec(kSchema); !st.ok()) return st;
-    return Exec("COMMIT");
+    if (absl::Status st = Exec("COMMIT"); !st.ok()) return st;
+    return Prepare();
   }
   Stmt version(db_, "SELECT value FROM meta WHERE key = 'schema_version'");
   if (!version.Step() || version.Type(0) != SQLITE_INTEGER) {
@@ -158,6 +182,12 @@ absl::Status SqliteStorage::Initialize() {
         "database schema version ", v, v > kSchemaVersion ? " is newer than" : " differs from",
         " this keel's (", kSchemaVersion, "); refusing to open it"));
   }
+  return Prepare();
+}
+
+absl::Status SqliteStorage::Prepare() {
+  stmts_ = std::make_unique<Statements>(db_);
+  if (!stmts_->ok()) return Error("prepare statements");
   return absl::OkStatus();
 }
 
@@ -211,10 +241,11 @@ absl::StatusOr<raft::RecoveredState> SqliteStorage::Load() {
 absl::Status SqliteStorage::Append(std::span<const raft::Entry> entries) {
   if (entries.empty()) return absl::OkStatus();
   if (absl::Status st = Begin(); !st.ok()) return st;
-  Stmt drop(db_, "DELETE FROM raft_log WHERE idx >= ?");
+  Stmt& drop = stmts_->truncate;
+  drop.Reset();
   drop.Bind(1, entries.front().index.value).Step();
   if (!drop.ok()) return failed_ = true, Error("truncate raft_log");
-  Stmt row(db_, "INSERT INTO raft_log (idx, term, type, data) VALUES (?, ?, ?, ?)");
+  Stmt& row = stmts_->insert;
   for (const raft::Entry& e : entries) {
     row.Reset();
     row.Bind(1, e.index.value).Bind(2, e.term.value).Bind(3, static_cast<uint64_t>(e.type))
@@ -226,15 +257,16 @@ absl::Status SqliteStorage::Append(std::span<const raft::Entry> entries) {
 
 absl::Status SqliteStorage::SaveHardState(const raft::HardState& state) {
   if (absl::Status st = Begin(); !st.ok()) return st;
-  Stmt upsert(db_, "INSERT OR REPLACE INTO hard_state (id, term, vote, commit_index) "
-                   "VALUES (0, ?, ?, ?)");
+  Stmt& upsert = stmts_->hard_state;
+  upsert.Reset();
   upsert.Bind(1, state.term.value).Bind(2, state.vote.value).Bind(3, state.commit.value).Step();
   if (!upsert.ok()) return failed_ = true, Error("save hard_state");
   return absl::OkStatus();
 }
 
 absl::Status SqliteStorage::WriteSnapshotRow(const raft::Snapshot& snapshot) {
-  Stmt upsert(db_, "INSERT OR REPLACE INTO snapshot (id, idx, term, data) VALUES (0, ?, ?, ?)");
+  Stmt& upsert = stmts_->snapshot;
+  upsert.Reset();
   upsert.Bind(1, snapshot.index.value).Bind(2, snapshot.term.value).Bind(3, snapshot.data)
       .Step();
   if (!upsert.ok()) return failed_ = true, Error("save snapshot");
@@ -243,9 +275,12 @@ absl::Status SqliteStorage::WriteSnapshotRow(const raft::Snapshot& snapshot) {
 
 absl::Status SqliteStorage::SaveSnapshot(const raft::Snapshot& snapshot) {
   if (absl::Status st = Begin(); !st.ok()) return st;
-  Stmt current(db_, "SELECT idx FROM snapshot WHERE id = 0");
-  if (current.Step() && current.U64(0) >= snapshot.index.value) return absl::OkStatus();
+  Stmt& current = stmts_->snapshot_index;
+  current.Reset();
+  const bool newer_exists = current.Step() && current.U64(0) >= snapshot.index.value;
   if (!current.ok()) return failed_ = true, Error("read snapshot");
+  current.Reset();  // ends the read before the commit
+  if (newer_exists) return absl::OkStatus();
   return WriteSnapshotRow(snapshot);
 }
 
@@ -257,7 +292,8 @@ absl::Status SqliteStorage::InstallSnapshot(const raft::Snapshot& snapshot) {
 
 absl::Status SqliteStorage::Compact(LogIndex through) {
   if (absl::Status st = Begin(); !st.ok()) return st;
-  Stmt drop(db_, "DELETE FROM raft_log WHERE idx <= ?");
+  Stmt& drop = stmts_->compact;
+  drop.Reset();
   drop.Bind(1, through.value).Step();
   if (!drop.ok()) return failed_ = true, Error("compact raft_log");
   return absl::OkStatus();

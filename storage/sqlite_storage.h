@@ -59,15 +59,17 @@ class SqliteStorage : public server::Storage {
   absl::Status Sync() override;
 
  private:
-  class Statement;
+  struct Statements;  // prepared once, reused for every write
   explicit SqliteStorage(sqlite3* db);
   absl::Status Initialize();
+  absl::Status Prepare();
   absl::Status Exec(const char* sql);
   absl::Status Begin();
   absl::Status WriteSnapshotRow(const raft::Snapshot& snapshot);
   absl::Status Error(const char* what) const;
 
   sqlite3* db_;
+  std::unique_ptr<Statements> stmts_;
   bool in_transaction_ = false;
   bool failed_ = false;  // after any error: fail-stop
 };
