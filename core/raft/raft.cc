@@ -657,7 +657,7 @@ bool Raft::MaybeCommit() {
   if (log_.TermAt(quorum_index) != term_ && !config_.bugs.commit_previous_term_entries) {
     return false;
   }
-  if (log_.TermAt(quorum_index) != term_) {
+  if (config_.bugs.commit_previous_term_entries && log_.TermAt(quorum_index) != term_) {
     logger_.Info("PlantedBugCommittedPreviousTerm").Field("id", config_.id)
         .Field("index", quorum_index).Field("term", term_);
   }
