@@ -78,10 +78,15 @@ struct SimVfsGlue {
     if (Dead(f)) return SQLITE_IOERR_FSYNC;
     if (int rc = Fault(h->disk, SimDisk::Op::kSync, *h->name); rc != SQLITE_OK) return rc;
     SimDisk::File& file = FileOf(f);
-    for (const SimDisk::Change& c : file.unsynced) SimDisk::ApplyTo(c, file.durable);
+    SimDisk* disk = h->disk;
+    const Nanos now = disk->hooks_.now();
+    const Nanos done = disk->hooks_.begin_sync ? disk->hooks_.begin_sync(*h->name) : now;
+    KEEL_ASSERT(done >= now);
+    KEEL_ASSERT(file.in_flight.empty() || file.in_flight.back().completes_at <= done);
+    file.in_flight.push_back({done, std::move(file.unsynced)});
     file.unsynced.clear();
-    ++h->disk->syncs_;
-    if (h->disk->hooks_.on_sync) h->disk->hooks_.on_sync(*h->name);
+    SimDisk::FoldCompleted(file, now);
+    ++disk->syncs_;
     return SQLITE_OK;
   }
   static int FileSize(sqlite3_file* f, sqlite3_int64* size) {
@@ -202,18 +207,35 @@ void SimDisk::ApplyTo(const Change& change, std::string& image) {
   std::memcpy(image.data() + change.offset, change.bytes.data(), change.bytes.size());
 }
 
+void SimDisk::FoldCompleted(File& file, Nanos now) {
+  while (!file.in_flight.empty() && file.in_flight.front().completes_at <= now) {
+    for (const Change& c : file.in_flight.front().changes) ApplyTo(c, file.durable);
+    file.in_flight.pop_front();
+  }
+}
+
 void SimDisk::Crash(bool tear) {
   ++epoch_;
+  const Nanos now = hooks_.now();
   for (auto& [name, file] : files_) {
-    if (tear && !file.unsynced.empty() && !file.unsynced.back().truncate) {
+    FoldCompleted(file, now);
+    // The newest write that is not durable: still unsynced, or in a sync cut short.
+    const Change* last = nullptr;
+    if (!file.unsynced.empty()) {
+      last = &file.unsynced.back();
+    } else if (!file.in_flight.empty() && !file.in_flight.back().changes.empty()) {
+      last = &file.in_flight.back().changes.back();
+    }
+    if (tear && last != nullptr && !last->truncate) {
       // A power cut mid-write: some whole sectors of the last write made it.
-      Change torn = file.unsynced.back();
+      Change torn = *last;
       const uint64_t sectors = (torn.bytes.size() + 511) / 512;
       torn.bytes.resize(std::min<uint64_t>(hooks_.rng->Uniform(sectors + 1) * 512,
                                            torn.bytes.size()));
       if (!torn.bytes.empty()) ApplyTo(torn, file.durable);
     }
     file.unsynced.clear();
+    file.in_flight.clear();
     file.current = file.durable;
   }
 }

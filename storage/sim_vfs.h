@@ -3,10 +3,11 @@
 // runs the real SQLite (and the real storage code) on a disk it controls.
 //
 // Files live in memory. Each file has a durable image and a current image; writes change
-// only the current image until xSync makes it durable (per file, like fsync). Crash()
-// throws the current images away: every file goes back to its durable image, optionally
-// with a torn write: a sector-aligned prefix (512 B granularity) of the last unsynced
-// write to that file reaches the durable image, as a power cut in mid-write would leave it.
+// only the current image until an xSync of that file (like fsync) completes, which is
+// when begin_sync says: the simulator's fsync latency. Crash() throws away everything not
+// durable by then: every file goes back to its durable image, optionally with a torn
+// write: a sector-aligned prefix (512 B granularity) of the last write that was not yet
+// durable reaches the disk, as a power cut in mid-write would leave it.
 // File creation and deletion are durable at once (we do not model directory fsyncs).
 //
 // Fault injection: a hook is asked before every write and sync and may fail it with
@@ -20,6 +21,7 @@
 // lets WAL mode run without a shared-memory file).
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <string>
@@ -38,10 +40,11 @@ class SimDisk {
   struct Hooks {
     Rng* rng = nullptr;                       // required: SQLite's randomness
     std::function<Nanos()> now;               // required: SQLite's clock
+    // A sync is starting; returns when (virtual time) it completes. Until then its writes
+    // are not durable: a crash before that time loses them. Null: syncs complete at once.
+    std::function<Nanos(const std::string& file)> begin_sync;
     // Before each write or sync: return SQLITE_OK or the error to fail it with.
     std::function<int(Op op, const std::string& file)> fault;
-    // After a successful sync (the simulator charges its latency to the node).
-    std::function<void(const std::string& file)> on_sync;
   };
 
   explicit SimDisk(Hooks hooks);
@@ -77,11 +80,19 @@ class SimDisk {
     std::string bytes;
     bool truncate = false;
   };
+  struct InFlightSync {
+    Nanos completes_at;
+    std::vector<Change> changes;
+  };
   struct File {
     std::string durable;
     std::string current;
-    std::vector<Change> unsynced;  // replayed onto `durable` by a sync: O(bytes written)
+    std::vector<Change> unsynced;        // since the last sync began
+    std::deque<InFlightSync> in_flight;  // synced, not yet complete; in completion order
   };
+  // Folds every in-flight sync that completed by `now` into the durable image:
+  // O(bytes written), never O(file size).
+  static void FoldCompleted(File& file, Nanos now);
   static void ApplyTo(const Change& change, std::string& image);
 
   Hooks hooks_;

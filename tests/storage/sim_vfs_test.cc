@@ -29,9 +29,11 @@ struct Fixture {
   Nanos now{0};
   int fail_next_sync = 0;  // an SQLite error code to fail the next sync with
   int fail_writes = 0;     // an SQLite error code to fail every write with
+  Nanos fsync_latency{0};
   SimDisk disk{SimDisk::Hooks{
       .rng = &rng,
       .now = [this] { return now; },
+      .begin_sync = [this](const std::string&) { return now + fsync_latency; },
       .fault = [this](SimDisk::Op op, const std::string&) {
         if (op == SimDisk::Op::kWrite) return fail_writes;
         const int rc = fail_next_sync;
@@ -66,6 +68,23 @@ TEST(SimDisk, SyncedWritesSurviveACrashAndUnsyncedOnesDoNot) {
   raft::RecoveredState r = LoadOk(*s);
   EXPECT_EQ(r.entries, Entries(1, 3, 1));
   EXPECT_EQ(r.hard_state, (raft::HardState{Term(1), NodeId(1), LogIndex(2)}));
+}
+
+TEST(SimDisk, ASyncIsDurableOnlyOnceItCompletes) {
+  for (const bool crash_before : {true, false}) {
+    Fixture f(3);
+    f.fsync_latency = Millis(5);
+    auto s = f.Open();
+    ASSERT_TRUE(s->Append(Entries(1, 3, 1)).ok());
+    ASSERT_TRUE(s->SaveHardState({Term(1), NodeId(1), LogIndex(0)}).ok());
+    ASSERT_TRUE(s->Sync().ok());  // the commit's fsyncs complete 5 ms from now
+    f.now = crash_before ? Millis(4) : Millis(5);
+    f.disk.Crash(/*tear=*/false);
+    s.reset();
+    s = f.Open();
+    raft::RecoveredState r = LoadOk(*s);
+    EXPECT_EQ(r.entries.size(), crash_before ? 0u : 3u) << "crash_before=" << crash_before;
+  }
 }
 
 TEST(SimDisk, AFailedFsyncThenATornCrashRecoversTheLastSyncedState) {
