@@ -43,6 +43,7 @@ struct Args {
   int jobs = 1;
   bool trace = false;
   bool progress = false;
+  bool sqlite = false;
   std::string plant;
   std::string file;
 };
@@ -50,7 +51,7 @@ struct Args {
 int Usage(const char* why) {
   std::fprintf(stderr,
                "keel-sim: %s\n"
-               "usage: keel-sim --seed N [--trace] [--plant BUG]\n"
+               "usage: keel-sim --seed N [--trace] [--plant BUG] [--storage memory|sqlite]\n"
                "       keel-sim --seeds A..B [--jobs J] [--plant BUG] [FILE.scenario]\n"
                "       keel-sim [--seed N] [--trace] [--progress] FILE.scenario\n"
                "BUG (test-only planted bugs): vote-without-log-check, "
@@ -86,6 +87,7 @@ bool ApplyPlant(const std::string& name, keel::raft::PlantedBugs* bugs) {
 std::string ReproduceLine(const Args& args, uint64_t seed) {
   std::string line = absl::StrCat("reproduce: keel-sim --seed 0x", absl::Hex(seed));
   if (!args.plant.empty()) absl::StrAppend(&line, " --plant ", args.plant);
+  if (args.sqlite) absl::StrAppend(&line, " --storage sqlite");
   if (!args.file.empty()) absl::StrAppend(&line, " ", args.file);
   return line;
 }
@@ -95,6 +97,7 @@ int RunOne(const Args& args, const keel::sim::Scenario& scenario, uint64_t seed)
   options.seed = seed;
   options.trace = args.trace;
   options.progress = args.progress;
+  options.sqlite = args.sqlite;
   ApplyPlant(args.plant, &options.bugs);
   const auto start = std::chrono::steady_clock::now();
   RunResult result = keel::sim::RunScenario(scenario, options);
@@ -122,6 +125,7 @@ std::string ResultLine(uint64_t seed, const RunResult& r) {
        seed += static_cast<uint64_t>(args.jobs)) {
     RunOptions options;
     options.seed = seed;
+    options.sqlite = args.sqlite;
     ApplyPlant(args.plant, &options.bugs);
     const RunResult result =
         scenario != nullptr ? keel::sim::RunScenario(*scenario, options)
@@ -277,6 +281,12 @@ int main(int argc, char** argv) {
       args.trace = true;
     } else if (a == "--progress") {
       args.progress = true;
+    } else if (a == "--storage") {
+      const char* v = value("--storage");
+      if (v == nullptr || (std::strcmp(v, "sqlite") != 0 && std::strcmp(v, "memory") != 0)) {
+        return Usage("--storage takes memory or sqlite");
+      }
+      args.sqlite = std::strcmp(v, "sqlite") == 0;
     } else if (!a.empty() && a[0] != '-' && args.file.empty()) {
       args.file = a;
     } else {

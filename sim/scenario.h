@@ -106,6 +106,7 @@ struct DiskSettings {
   Nanos fsync_max = Millis(2);
   double crash_in_sync_probability = 0;  // per fsync: power loss before it completes
   double crash_in_vote_sync_probability = 0;  // the same, for fsyncs of a new term or vote
+  bool torn_writes = true;  // a crash may tear the last write not yet durable (SQLite disk)
 };
 
 struct WorkloadSettings {

@@ -52,7 +52,6 @@ absl::StatusOr<raft::RecoveredState> SimStorage::Load() {
 }
 
 absl::Status SimStorage::Append(std::span<const raft::Entry> entries) {
-  if (hooks_.on_append) hooks_.on_append(entries);
   staged_.push_back(AppendOp{{entries.begin(), entries.end()}});
   return absl::OkStatus();
 }
@@ -68,7 +67,6 @@ absl::Status SimStorage::SaveSnapshot(const raft::Snapshot& snapshot) {
 }
 
 absl::Status SimStorage::InstallSnapshot(const raft::Snapshot& snapshot) {
-  if (hooks_.on_install_snapshot) hooks_.on_install_snapshot(snapshot);
   staged_.push_back(InstallSnapshotOp{snapshot});
   return absl::OkStatus();
 }
@@ -82,15 +80,7 @@ absl::Status SimStorage::Sync() {
   FoldCompleted(hooks_.now());
   if (staged_.empty()) return absl::OkStatus();
   // Syncs complete in order: begin_sync starts this one after any still in flight.
-  bool vote_changed = false;
-  for (const Op& op : staged_) {
-    if (const auto* h = std::get_if<HardStateOp>(&op)) {
-      vote_changed |= h->state.term != last_hard_state_.term ||
-                      h->state.vote != last_hard_state_.vote;
-      last_hard_state_ = h->state;
-    }
-  }
-  const Nanos completes_at = hooks_.begin_sync(vote_changed);
+  const Nanos completes_at = hooks_.begin_sync();
   KEEL_ASSERT(in_flight_.empty() || in_flight_.back().completes_at <= completes_at);
   in_flight_.push_back(Batch{std::move(staged_), completes_at});
   staged_.clear();
@@ -101,7 +91,6 @@ void SimStorage::Crash(Nanos now) {
   FoldCompleted(now);
   in_flight_.clear();
   staged_.clear();
-  last_hard_state_ = durable_.hard_state;
 }
 
 }  // namespace keel::sim

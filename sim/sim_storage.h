@@ -22,13 +22,9 @@ namespace keel::sim {
 class SimStorage : public server::Storage {
  public:
   struct Hooks {
-    // The virtual time now, and when a sync started now would complete. The flag says
-    // whether the batch changes the term or the vote (the fault injector likes those).
+    // The virtual time now, and when a sync started now would complete.
     std::function<Nanos()> now;
-    std::function<Nanos(bool vote_changed)> begin_sync;
-    // Observe writes as they are staged (the simulator's log checkers).
-    std::function<void(std::span<const raft::Entry>)> on_append;
-    std::function<void(const raft::Snapshot&)> on_install_snapshot;
+    std::function<Nanos()> begin_sync;
   };
   explicit SimStorage(Hooks hooks);
 
@@ -69,7 +65,6 @@ class SimStorage : public server::Storage {
   Image durable_;
   std::deque<Batch> in_flight_;  // in completion order
   std::vector<Op> staged_;
-  raft::HardState last_hard_state_;  // the newest staged or durable one
 };
 
 }  // namespace keel::sim

@@ -15,7 +15,8 @@
 #include "core/server/register.h"
 #include "sim/checker.h"
 #include "sim/history.h"
-#include "sim/sim_storage.h"
+#include "sim/node_disk.h"
+#include "storage/sim_vfs.h"
 
 namespace keel::sim {
 namespace {
@@ -84,7 +85,7 @@ struct SimNode {
   // Declared before `node`, which cancels its timers when it is destroyed.
   absl::btree_set<server::TimerId> timers;
   std::unique_ptr<SimLogSink> sink;
-  std::unique_ptr<SimStorage> storage;  // survives crashes: it is the disk
+  std::unique_ptr<NodeDisk> disk;  // survives crashes
   std::unique_ptr<SimEnv> env;
   std::unique_ptr<server::Register> state;
   std::unique_ptr<server::Node> node;
@@ -226,7 +227,7 @@ server::TimerId SimEnv::SetTimer(Nanos after, std::function<void()> fn) {
 void SimEnv::CancelTimer(server::TimerId id) { sim_.CancelTimer(node_, id); }
 void SimEnv::Send(NodeId to, std::string bytes) { sim_.Transmit(node_, to, std::move(bytes)); }
 Rng& SimEnv::Random() { return sim_.rng(); }
-server::Storage& SimEnv::Disk() { return *sim_.node(node_).storage; }
+server::Storage& SimEnv::Disk() { return sim_.node(node_).disk->storage(); }
 Logger SimEnv::Log() { return Logger(sim_.node(node_).sink.get(), sim_.log_threshold()); }
 
 // ---- construction ---------------------------------------------------------------
@@ -251,17 +252,18 @@ Sim::Sim(const Scenario& scenario, const RunOptions& options)
     n.index = i;
     n.id = NodeId(i + 1);
     n.sink = std::make_unique<SimLogSink>(*this, i);
-    SimStorage::Hooks hooks;
+    NodeDisk::Hooks hooks;
     hooks.now = [this] { return now_; };
     hooks.begin_sync = [this, i](bool vote_changed) { return BeginSync(i, vote_changed); };
-    hooks.on_append = [this, i](std::span<const raft::Entry> entries) {
+    hooks.observe.on_append = [this, i](std::span<const raft::Entry> entries) {
       const raft::Raft& r = nodes_[i].node->raft();
       checker_.OnAppend(i, r.role() == Role::kLeader, r.term(), entries);
     };
-    hooks.on_install_snapshot = [this, i](const raft::Snapshot& s) {
+    hooks.observe.on_install_snapshot = [this, i](const raft::Snapshot& s) {
       checker_.OnSnapshotInstalled(i, s);
     };
-    n.storage = std::make_unique<SimStorage>(std::move(hooks));
+    n.disk = NodeDisk::Make(options.sqlite ? NodeDisk::Kind::kSqlite : NodeDisk::Kind::kMemory,
+                            std::move(hooks), &rng_, scenario.disk.torn_writes);
   }
 }
 
@@ -436,8 +438,14 @@ void Sim::StartNode(int node) {
   config.snapshot_catchup_entries = scenario_.snapshot_entries / 5;
   n.node = std::make_unique<server::Node>(config, *n.env, *n.state);
 
-  absl::StatusOr<raft::RecoveredState> recovered = n.storage->Load();
-  KEEL_ASSERT(recovered.ok());
+  absl::StatusOr<raft::RecoveredState> recovered = n.disk->Open().ok()
+                                                      ? n.disk->storage().Load()
+                                                      : absl::DataLossError("open failed");
+  if (!recovered.ok()) {
+    Fail(absl::StrCat("n", node + 1, " cannot recover its disk: ", recovered.status().ToString()));
+    n.up = false;
+    return;
+  }
   checker_.OnRestart(node, *recovered);
   n.commit = recovered->hard_state.commit;
   if (absl::Status st = n.node->Start(); !st.ok()) {
@@ -459,7 +467,7 @@ void Sim::CrashNode(int node) {
   n.state.reset();
   n.env.reset();
   n.timers.clear();
-  n.storage->Crash(now_);
+  n.disk->Crash();
   hash_.Add(0xc4a5ULL + static_cast<uint64_t>(node));
 }
 
@@ -968,6 +976,8 @@ void Sim::CheckExpectations() {
 // ---- the run --------------------------------------------------------------------
 
 RunResult Sim::Run() {
+  // SQLite's PRNG (WAL salts) is process-wide: seed it from the run's seed.
+  if (options_.sqlite) storage::SimDisk::SeedSqlite(options_.seed);
   for (int i = 0; i < scenario_.cluster; ++i) StartNode(i);
   for (const Step& step : scenario_.steps) {
     Schedule(step.at, [this, &step] { ApplyStep(step); });

@@ -244,6 +244,7 @@ Scenario SwarmScenario(uint64_t seed) {
   s.disk.fsync_max = s.disk.fsync_min + Between(r, Nanos(0), s.tick_interval / 4);
   s.disk.crash_in_sync_probability = r.Chance(0.5) ? 0 : r.Unit() * 0.01;
   s.disk.crash_in_vote_sync_probability = r.Chance(0.5) ? 0 : r.Unit() * 0.3;
+  s.disk.torn_writes = r.Chance(0.5);
 
   s.workload.clients = static_cast<int>(r.Range(1, 6));
   s.workload.think = Between(r, Nanos(0), s.tick_interval / 2);

@@ -13,7 +13,7 @@ struct Disk {
   Nanos busy_until{0};
   SimStorage storage{SimStorage::Hooks{
       .now = [this] { return now; },
-      .begin_sync = [this](bool) {
+      .begin_sync = [this] {
         busy_until = std::max(now, busy_until) + latency;
         return busy_until;
       }}};
