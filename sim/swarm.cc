@@ -198,15 +198,23 @@ void AddFault(Rng& r, const Scenario& s, FaultKind kind, Nanos at, std::vector<S
 // replicas), which uniform fault mixes almost never reach.
 void AddLeaderChurnProfile(Rng& r, Scenario& s) {
   s.cluster = 3;
+  s.tick_interval = Millis(100);  // etcd's timing: round trips are short next to elections
+  s.run_for = 40 * s.tick_interval * s.election_ticks;
   s.pre_vote = false;
   s.check_quorum = false;
   s.message_bytes_max = 1;
   s.inflight_messages_max = 1;
-  s.network.latency_max = s.network.latency_min + Between(r, Millis(5), Millis(20));
-  s.workload.clients = static_cast<int>(r.Range(6, 12));
+  s.snapshot_entries = 1000;  // catch-up entry by entry, not by snapshot
+  s.disk.fsync_min = DiskSettings{}.fsync_min;  // fast fsyncs: the churn drives this profile
+  s.disk.fsync_max = DiskSettings{}.fsync_max;
+  s.network.loss = 0;
+  s.network.duplicate = 0;
+  s.network.latency_min = Millis(1);
+  s.network.latency_max = Between(r, Millis(10), Millis(20));
+  s.workload.clients = static_cast<int>(r.Range(8, 12));
   s.workload.think = Between(r, Nanos(0), Millis(2));
   const Nanos et = s.tick_interval * s.election_ticks;
-  s.workload.timeout = 2 * et;  // clients give up on a deposed leader sooner
+  s.workload.timeout = et;  // clients give up on a deposed leader sooner
   s.steps.push_back(Step{.at = et, .kind = StepKind::kChurn, .duration = s.run_for});
 }
 
@@ -252,7 +260,7 @@ Scenario SwarmScenario(uint64_t seed) {
   s.workload.read_fraction = r.Unit() * 0.3;
   s.run_for = 40 * et;
 
-  if (r.Chance(0.4)) {
+  if (r.Chance(0.5)) {
     AddLeaderChurnProfile(r, s);
   } else {
     bool enabled[kFaultKinds];
