@@ -92,7 +92,8 @@ class SqliteNodeDisk : public NodeDisk {
   void Crash() override {
     disk_.Crash(torn_writes_);
     observed_.reset();
-    sqlite_.reset();  // its files are dead: closing writes nothing
+    sqlite_.reset();  // the disk is off: closing the old connection changes nothing
+    disk_.PowerOn();
   }
 
  private:

@@ -62,14 +62,15 @@ struct SimVfsGlue {
     if (int rc = Fault(h->disk, SimDisk::Op::kWrite, *h->name); rc != SQLITE_OK) return rc;
     SimDisk::File& file = FileOf(f);
     file.unsynced.push_back({static_cast<uint64_t>(offset),
-                             std::string(static_cast<const char*>(in), amount), false});
+                             std::string(static_cast<const char*>(in), amount), false,
+                             h->disk->next_seq_++});
     SimDisk::ApplyTo(file.unsynced.back(), file.current);
     return SQLITE_OK;
   }
   static int Truncate(sqlite3_file* f, sqlite3_int64 size) {
     if (Dead(f)) return SQLITE_IOERR_TRUNCATE;
     SimDisk::File& file = FileOf(f);
-    file.unsynced.push_back({static_cast<uint64_t>(size), "", true});
+    file.unsynced.push_back({static_cast<uint64_t>(size), "", true, Handle(f)->disk->next_seq_++});
     SimDisk::ApplyTo(file.unsynced.back(), file.current);
     return SQLITE_OK;
   }
@@ -83,7 +84,7 @@ struct SimVfsGlue {
     const Nanos done = disk->hooks_.begin_sync ? disk->hooks_.begin_sync(*h->name) : now;
     KEEL_ASSERT(done >= now);
     KEEL_ASSERT(file.in_flight.empty() || file.in_flight.back().completes_at <= done);
-    file.in_flight.push_back({done, std::move(file.unsynced)});
+    file.in_flight.push_back({done, std::move(file.unsynced), disk->next_seq_++});
     file.unsynced.clear();
     SimDisk::FoldCompleted(file, now);
     ++disk->syncs_;
@@ -110,6 +111,7 @@ struct SimVfsGlue {
     SimDisk* disk = Disk(vfs);
     SimFileHandle* h = Handle(f);
     h->base.pMethods = nullptr;  // SQLite calls xClose only if this is set
+    if (disk->powered_off_) return SQLITE_IOERR;
     std::string path = name != nullptr ? std::string(name)
                                        : absl::StrCat("temp-", ++disk->temp_counter_);
     auto it = disk->files_.find(path);
@@ -127,10 +129,12 @@ struct SimVfsGlue {
     return SQLITE_OK;
   }
   static int Delete(sqlite3_vfs* vfs, const char* name, int) {
+    if (Disk(vfs)->powered_off_) return SQLITE_IOERR_DELETE;
     Disk(vfs)->files_.erase(name);
     return SQLITE_OK;
   }
   static int Access(sqlite3_vfs* vfs, const char* name, int, int* out) {
+    if (Disk(vfs)->powered_off_) return SQLITE_IOERR_ACCESS;
     *out = Disk(vfs)->files_.contains(name) ? 1 : 0;
     return SQLITE_OK;
   }
@@ -216,16 +220,25 @@ void SimDisk::FoldCompleted(File& file, Nanos now) {
 
 void SimDisk::Crash(bool tear) {
   ++epoch_;
+  powered_off_ = true;
   const Nanos now = hooks_.now();
+  // The first sync still in flight: the process was blocked in it, so nothing it issued
+  // afterwards happened.
+  uint64_t cutoff = UINT64_MAX;
   for (auto& [name, file] : files_) {
     FoldCompleted(file, now);
-    // The newest write that is not durable: still unsynced, or in a sync cut short.
+    if (!file.in_flight.empty()) cutoff = std::min(cutoff, file.in_flight.front().seq);
+  }
+  for (auto& [name, file] : files_) {
+    // The newest write issued before the cutoff that is not durable.
     const Change* last = nullptr;
-    if (!file.unsynced.empty()) {
-      last = &file.unsynced.back();
-    } else if (!file.in_flight.empty() && !file.in_flight.back().changes.empty()) {
-      last = &file.in_flight.back().changes.back();
+    auto consider = [&](const Change& c) {
+      if (c.seq < cutoff && (last == nullptr || c.seq > last->seq)) last = &c;
+    };
+    for (const InFlightSync& sync : file.in_flight) {
+      for (const Change& c : sync.changes) consider(c);
     }
+    for (const Change& c : file.unsynced) consider(c);
     if (tear && last != nullptr && !last->truncate) {
       // A power cut mid-write: some whole sectors of the last write made it.
       Change torn = *last;

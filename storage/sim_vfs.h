@@ -7,7 +7,11 @@
 // when begin_sync says: the simulator's fsync latency. Crash() throws away everything not
 // durable by then: every file goes back to its durable image, optionally with a torn
 // write: a sector-aligned prefix (512 B granularity) of the last write that was not yet
-// durable reaches the disk, as a power cut in mid-write would leave it.
+// durable reaches the disk, as a power cut in mid-write would leave it. Program order is
+// kept across files: SQLite issued nothing after a sync until that sync returned, so a
+// write issued after the first sync still in flight at the crash never happened and is
+// never torn onto the disk (e.g. a WAL reset after a checkpoint whose database fsync had
+// not completed).
 // File creation and deletion are durable at once (we do not model directory fsyncs).
 //
 // Fault injection: a hook is asked before every write and sync and may fail it with
@@ -63,7 +67,11 @@ class SimDisk {
   // file's last unsynced write survives. Files open at the time go dead: every further
   // operation on them fails with an I/O error (so closing the old connection cannot
   // write anything), and a new connection sees the durable images.
+  // The disk stays off until PowerOn(): meanwhile every operation fails, deletes and
+  // opens included, so the old connection's close (which may try to checkpoint and
+  // delete the WAL) changes nothing.
   void Crash(bool tear);
+  void PowerOn() { powered_off_ = false; }
 
   int open_files() const { return open_files_; }
   uint64_t bytes_durable() const;
@@ -79,10 +87,12 @@ class SimDisk {
     uint64_t offset = 0;
     std::string bytes;
     bool truncate = false;
+    uint64_t seq = 0;  // issue order across all files
   };
   struct InFlightSync {
     Nanos completes_at;
     std::vector<Change> changes;
+    uint64_t seq = 0;  // when the sync was called, in the same order as Change::seq
   };
   struct File {
     std::string durable;
@@ -100,6 +110,8 @@ class SimDisk {
   sqlite3_vfs* vfs_;
   std::map<std::string, File> files_;
   uint64_t epoch_ = 0;  // bumped by Crash; handles from an older epoch are dead
+  uint64_t next_seq_ = 1;
+  bool powered_off_ = false;
   int open_files_ = 0;
   uint64_t syncs_ = 0;
   uint64_t temp_counter_ = 0;

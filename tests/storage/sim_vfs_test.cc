@@ -42,6 +42,7 @@ struct Fixture {
       }}};
 
   std::unique_ptr<SqliteStorage> Open() {
+    disk.PowerOn();
     absl::StatusOr<std::unique_ptr<SqliteStorage>> s =
         SqliteStorage::Open("/node.db", {.vfs = disk.vfs_name()});
     EXPECT_TRUE(s.ok()) << s.status();
@@ -85,6 +86,39 @@ TEST(SimDisk, ASyncIsDurableOnlyOnceItCompletes) {
     raft::RecoveredState r = LoadOk(*s);
     EXPECT_EQ(r.entries.size(), crash_before ? 0u : 3u) << "crash_before=" << crash_before;
   }
+}
+
+// Regression: a checkpoint that SQLite believes finished (its database fsync returned)
+// but that was not yet durable at the power cut, then the old connection's close, which
+// deletes the WAL after a finished checkpoint. The disk being off keeps the WAL.
+TEST(SimDisk, ClosingTheOldConnectionAfterACrashKeepsTheWal) {
+  Fixture f(5);
+  f.fsync_latency = Millis(5);
+  f.disk.PowerOn();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open_v2("/raw.db", &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                            f.disk.vfs_name()), SQLITE_OK);
+  auto exec = [](sqlite3* d, const char* sql) {
+    return sqlite3_exec(d, sql, nullptr, nullptr, nullptr);
+  };
+  ASSERT_EQ(exec(db, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; "
+                     "PRAGMA synchronous=FULL; CREATE TABLE t (v INTEGER); "
+                     "INSERT INTO t VALUES (42);"), SQLITE_OK);
+  f.now = Millis(100);  // everything so far is durable
+  ASSERT_EQ(exec(db, "PRAGMA wal_checkpoint(PASSIVE)"), SQLITE_OK);  // its fsyncs: in flight
+  f.disk.Crash(/*tear=*/false);
+  sqlite3_close_v2(db);  // would checkpoint (a no-op) and delete the WAL
+  f.disk.PowerOn();
+  ASSERT_EQ(sqlite3_open_v2("/raw.db", &db, SQLITE_OPEN_READWRITE, f.disk.vfs_name()),
+            SQLITE_OK);
+  ASSERT_EQ(exec(db, "PRAGMA locking_mode=EXCLUSIVE"), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT v FROM t", -1, &stmt, nullptr), SQLITE_OK)
+      << sqlite3_errmsg(db);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(stmt, 0), 42);
+  sqlite3_finalize(stmt);
+  sqlite3_close_v2(db);
 }
 
 TEST(SimDisk, AFailedFsyncThenATornCrashRecoversTheLastSyncedState) {
