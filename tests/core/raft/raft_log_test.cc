@@ -2,6 +2,7 @@
 // Each test builds a small log from literal (index, term) pairs and checks one rule.
 
 #include "core/raft/raft_log.h"
+#include "tests/core/raft/raft_test_util.h"
 
 #include <cstdint>
 #include <optional>
@@ -13,16 +14,6 @@
 namespace keel::raft {
 namespace {
 
-Entry E(uint64_t index, uint64_t term, std::string data = "") {
-  return Entry{.term = Term(term), .index = LogIndex(index), .data = std::move(data)};
-}
-
-// Entries (1, terms[0]), (2, terms[1]), ...
-std::vector<Entry> EntriesWithTerms(const std::vector<uint64_t>& terms) {
-  std::vector<Entry> out;
-  for (size_t k = 0; k < terms.size(); ++k) out.push_back(E(k + 1, terms[k]));
-  return out;
-}
 
 // The terms of every entry the log still holds, FirstIndex() through LastIndex().
 std::vector<uint64_t> Terms(const RaftLog& log) {

@@ -8,6 +8,7 @@
 // modelled here; targeted tests check which Ready list a message is in instead.
 
 #include "core/raft/raft.h"
+#include "tests/core/raft/raft_test_util.h"
 
 #include <algorithm>
 #include <cstddef>
@@ -33,16 +34,6 @@ namespace {
 
 NodeId N(uint64_t id) { return NodeId(id); }
 
-Entry E(uint64_t index, uint64_t term, std::string data = "") {
-  return Entry{.term = Term(term), .index = LogIndex(index), .data = std::move(data)};
-}
-
-// Entries (1, terms[0]), (2, terms[1]), ...
-std::vector<Entry> EntriesWithTerms(const std::vector<uint64_t>& terms) {
-  std::vector<Entry> out;
-  for (size_t k = 0; k < terms.size(); ++k) out.push_back(E(k + 1, terms[k]));
-  return out;
-}
 
 RecoveredState Recovered(uint64_t term, std::vector<Entry> entries, uint64_t commit = 0) {
   RecoveredState r;
