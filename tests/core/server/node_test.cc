@@ -268,6 +268,16 @@ struct SingleNode {
   Node node;
 };
 
+// Node 1 of a three-node cluster that has heard from no one: a follower with no leader.
+class LonelyFollower : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(node.Start().ok()); }
+  MemStorage storage;
+  FakeEnv env{storage, 1};
+  Register reg;
+  Node node{Config({1, 2, 3}), env, reg};
+};
+
 // ---- election and proposals on a single node ---------------------------------------
 
 TEST(NodeElection, SingleNodeElectsItselfAfterOneElectionTimeout) {
@@ -408,12 +418,7 @@ TEST(NodeRead, ReadOnASingleNodeLeaderCompletesOkWithoutTouchingTheDisk) {
   EXPECT_EQ(r.calls, 1);
 }
 
-TEST(NodeRead, ReadOnAFollowerWithNoKnownLeaderIsUnavailableAtOnce) {
-  MemStorage storage;
-  FakeEnv env(storage, 1);
-  Register reg;
-  Node node(Config({1, 2, 3}), env, reg);
-  ASSERT_TRUE(node.Start().ok());
+TEST_F(LonelyFollower, ReadOnAFollowerWithNoKnownLeaderIsUnavailableAtOnce) {
 
   Outcome r;
   node.Read(Capture(&r));
@@ -424,12 +429,7 @@ TEST(NodeRead, ReadOnAFollowerWithNoKnownLeaderIsUnavailableAtOnce) {
 
 // ---- requests on a follower ---------------------------------------------------------
 
-TEST(NodePropose, FollowerWithNoKnownLeaderRefusesAProposalAtOnceAsUnavailable) {
-  MemStorage storage;
-  FakeEnv env(storage, 1);
-  Register reg;
-  Node node(Config({1, 2, 3}), env, reg);
-  ASSERT_TRUE(node.Start().ok());
+TEST_F(LonelyFollower, FollowerWithNoKnownLeaderRefusesAProposalAtOnceAsUnavailable) {
 
   Outcome out;
   node.Propose("x", Capture(&out));
@@ -445,12 +445,7 @@ TEST(NodePropose, FollowerWithNoKnownLeaderRefusesAProposalAtOnceAsUnavailable) 
   EXPECT_TRUE(absl::IsUnavailable(out.status));
 }
 
-TEST(NodePropose, FollowerForwardsAProposalToTheLeaderItHeardAHeartbeatFrom) {
-  MemStorage storage;
-  FakeEnv env(storage, 1);
-  Register reg;
-  Node node(Config({1, 2, 3}), env, reg);
-  ASSERT_TRUE(node.Start().ok());
+TEST_F(LonelyFollower, FollowerForwardsAProposalToTheLeaderItHeardAHeartbeatFrom) {
   node.Receive(Heartbeat(2, 1));
   ASSERT_EQ(node.raft().leader(), NodeId(2));
   ASSERT_EQ(node.raft().term(), Term(1));
@@ -469,12 +464,7 @@ TEST(NodePropose, FollowerForwardsAProposalToTheLeaderItHeardAHeartbeatFrom) {
   EXPECT_TRUE(reg.values().empty());
 }
 
-TEST(NodeRequestTimeout, UndecidedForwardedProposalEndsWithDeadlineExceededAfterTheTimeout) {
-  MemStorage storage;
-  FakeEnv env(storage, 1);
-  Register reg;
-  Node node(Config({1, 2, 3}), env, reg);
-  ASSERT_TRUE(node.Start().ok());
+TEST_F(LonelyFollower, UndecidedForwardedProposalEndsWithDeadlineExceededAfterTheTimeout) {
   node.Receive(Heartbeat(2, 1));
   ASSERT_EQ(node.raft().leader(), NodeId(2));
 
@@ -816,12 +806,7 @@ namespace keel::server {
 namespace {
 // Regression (review): a peer's snapshot that the state machine cannot restore is dropped
 // before Raft adopts it; it must not fail-stop the node.
-TEST(NodeBadInput, ASnapshotThatDoesNotParseFromAPeerIsDroppedNotFatal) {
-  MemStorage storage;
-  FakeEnv env(storage, 1);
-  Register reg;
-  Node node(Config({1, 2, 3}), env, reg);
-  ASSERT_TRUE(node.Start().ok());
+TEST_F(LonelyFollower, ASnapshotThatDoesNotParseFromAPeerIsDroppedNotFatal) {
   Message m;
   m.type = MessageType::kSnapshot;
   m.from = NodeId(2);
