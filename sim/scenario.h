@@ -77,8 +77,9 @@ enum class Metric {
   kLeaderCommits,  // ... counting only advances made while the node was leader
   kLeaderMs,       // milliseconds any of the nodes spent as leader within the window
   kElections,      // times any of the nodes became leader within the window
-  kAcked,          // client proposals acknowledged within the window (nodes ignored)
+  kAcked,          // client writes acknowledged within the window (names no nodes)
   kFailed,         // client requests started within the window that did not succeed
+                   // (names no nodes)
 };
 enum class Compare { kEq, kNe, kLt, kLe, kGt, kGe };
 

@@ -38,7 +38,6 @@ class SimStorage : public server::Storage {
 
   // The node crashed at `now`: keep what completed, drop the rest.
   void Crash(Nanos now);
-  size_t durable_entry_count() const { return durable_.entries.size(); }
 
  private:
   struct AppendOp { std::vector<raft::Entry> entries; };

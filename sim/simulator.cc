@@ -208,7 +208,7 @@ class Sim {
   std::vector<std::pair<Nanos, int>> elections_;
 
   Nanos recovery_at_{0};
-  Nanos progress_from_{INT64_MAX};  // the recovery window in which writes must succeed
+  Nanos progress_from_{INT64_MAX};  // the recovery window that must show progress
   Nanos progress_to_{INT64_MAX};
   uint64_t progress_writes_ok_ = 0;
   std::vector<std::string> failures_;

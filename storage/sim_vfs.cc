@@ -87,7 +87,6 @@ struct SimVfsGlue {
     file.in_flight.push_back({done, std::move(file.unsynced), disk->next_seq_++});
     file.unsynced.clear();
     SimDisk::FoldCompleted(file, now);
-    ++disk->syncs_;
     return SQLITE_OK;
   }
   static int FileSize(sqlite3_file* f, sqlite3_int64* size) {
@@ -251,12 +250,6 @@ void SimDisk::Crash(bool tear) {
     file.in_flight.clear();
     file.current = file.durable;
   }
-}
-
-uint64_t SimDisk::bytes_durable() const {
-  uint64_t total = 0;
-  for (const auto& [name, file] : files_) total += file.durable.size();
-  return total;
 }
 
 }  // namespace keel::storage

@@ -74,10 +74,8 @@ class SimDisk {
   void PowerOn() { powered_off_ = false; }
 
   int open_files() const { return open_files_; }
-  uint64_t bytes_durable() const;
   // FNV-1a over every file's name and durable bytes: equal disks, equal digests.
   uint64_t DurableDigest() const;
-  uint64_t syncs() const { return syncs_; }
 
  private:
   friend struct SimVfsGlue;
@@ -113,7 +111,6 @@ class SimDisk {
   uint64_t next_seq_ = 1;
   bool powered_off_ = false;
   int open_files_ = 0;
-  uint64_t syncs_ = 0;
   uint64_t temp_counter_ = 0;
 };
 
