@@ -43,7 +43,6 @@ struct Args {
   int jobs = 1;
   bool trace = false;
   bool progress = false;
-  bool sqlite = false;
   std::string plant;
   std::string file;
 };
@@ -51,11 +50,11 @@ struct Args {
 int Usage(const char* why) {
   std::fprintf(stderr,
                "keel-sim: %s\n"
-               "usage: keel-sim --seed N [--trace] [--plant BUG] [--storage memory|sqlite]\n"
+               "usage: keel-sim --seed N [--trace] [--plant BUG]\n"
                "       keel-sim --seeds A..B [--jobs J] [--plant BUG] [FILE.scenario]\n"
                "       keel-sim [--seed N] [--trace] [--progress] FILE.scenario\n"
                "BUG (test-only planted bugs): vote-without-log-check, "
-               "commit-previous-term, vote-before-persist, read-without-heartbeat\n",
+               "commit-previous-term, vote-before-persist, read-without-heartbeat, skip-fsync\n",
                why);
   return 2;
 }
@@ -68,8 +67,9 @@ bool ParseU64(std::string_view s, uint64_t* out) {
   return absl::SimpleAtoi(v, out);
 }
 
-bool ApplyPlant(const std::string& name, keel::raft::PlantedBugs* bugs) {
+bool ApplyPlant(const std::string& name, RunOptions* options) {
   if (name.empty()) return true;
+  keel::raft::PlantedBugs* bugs = &options->bugs;
   if (name == "vote-without-log-check") {
     bugs->grant_vote_without_log_check = true;
   } else if (name == "commit-previous-term") {
@@ -78,6 +78,8 @@ bool ApplyPlant(const std::string& name, keel::raft::PlantedBugs* bugs) {
     bugs->send_vote_before_persist = true;
   } else if (name == "read-without-heartbeat") {
     bugs->read_index_without_heartbeat = true;
+  } else if (name == "skip-fsync") {
+    options->planted_skip_fsync = true;
   } else {
     return false;
   }
@@ -87,7 +89,6 @@ bool ApplyPlant(const std::string& name, keel::raft::PlantedBugs* bugs) {
 std::string ReproduceLine(const Args& args, uint64_t seed) {
   std::string line = absl::StrCat("reproduce: keel-sim --seed 0x", absl::Hex(seed));
   if (!args.plant.empty()) absl::StrAppend(&line, " --plant ", args.plant);
-  if (args.sqlite) absl::StrAppend(&line, " --storage sqlite");
   if (!args.file.empty()) absl::StrAppend(&line, " ", args.file);
   return line;
 }
@@ -97,8 +98,7 @@ int RunOne(const Args& args, const keel::sim::Scenario& scenario, uint64_t seed)
   options.seed = seed;
   options.trace = args.trace;
   options.progress = args.progress;
-  options.sqlite = args.sqlite;
-  ApplyPlant(args.plant, &options.bugs);
+  ApplyPlant(args.plant, &options);
   const auto start = std::chrono::steady_clock::now();
   RunResult result = keel::sim::RunScenario(scenario, options);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -125,8 +125,7 @@ std::string ResultLine(uint64_t seed, const RunResult& r) {
        seed += static_cast<uint64_t>(args.jobs)) {
     RunOptions options;
     options.seed = seed;
-    options.sqlite = args.sqlite;
-    ApplyPlant(args.plant, &options.bugs);
+    ApplyPlant(args.plant, &options);
     const RunResult result =
         scenario != nullptr ? keel::sim::RunScenario(*scenario, options)
                             : keel::sim::RunScenario(keel::sim::SwarmScenario(seed), options);
@@ -275,18 +274,12 @@ int main(int argc, char** argv) {
       const char* v = value("--plant");
       if (v == nullptr) return Usage("--plant needs a bug name");
       args.plant = v;
-      keel::raft::PlantedBugs ignored;
+      RunOptions ignored;
       if (!ApplyPlant(args.plant, &ignored)) return Usage("unknown --plant bug");
     } else if (a == "--trace") {
       args.trace = true;
     } else if (a == "--progress") {
       args.progress = true;
-    } else if (a == "--storage") {
-      const char* v = value("--storage");
-      if (v == nullptr || (std::strcmp(v, "sqlite") != 0 && std::strcmp(v, "memory") != 0)) {
-        return Usage("--storage takes memory or sqlite");
-      }
-      args.sqlite = std::strcmp(v, "sqlite") == 0;
     } else if (!a.empty() && a[0] != '-' && args.file.empty()) {
       args.file = a;
     } else {

@@ -1,9 +1,10 @@
 #pragma once
-// NodeDisk: the durable store of one simulated node, which outlives the node's crashes.
-// Two kinds: the in-memory store (SimStorage) and the real SQLite on a simulated disk
-// (SqliteStorage over storage::SimDisk). Either way the node sees a server::Storage
-// through ObservedStorage, which shows the simulator's checkers every write as it is
-// staged and tells the fault injector whether a sync carries a new term or vote.
+// NodeDisk: the durable store of one simulated node, which outlives the node's crashes:
+// the real SQLite storage (storage::SqliteStorage) on a simulated disk (storage::SimDisk).
+// The node sees it through ObservedStorage, which shows the simulator's checkers every
+// write as it is staged and tells the fault injector whether a sync carries a new term
+// or vote. The disk's faults: the next write or sync fails with EIO, and the disk fills
+// up (writes that grow its files fail with SQLITE_FULL).
 
 #include <functional>
 #include <memory>
@@ -12,6 +13,11 @@
 
 #include "core/rng.h"
 #include "core/server/storage.h"
+#include "storage/sim_vfs.h"
+
+namespace keel::storage {
+class SqliteStorage;
+}
 
 namespace keel::sim {
 
@@ -33,6 +39,7 @@ class ObservedStorage : public server::Storage {
   absl::Status InstallSnapshot(const raft::Snapshot& snapshot) override;
   absl::Status Compact(LogIndex through) override;
   absl::Status Sync() override;
+  absl::StatusOr<uint64_t> AvailableBytes() override { return inner_.AvailableBytes(); }
 
  private:
   server::Storage& inner_;
@@ -50,19 +57,46 @@ class NodeDisk {
     std::function<Nanos(bool vote_changed)> begin_sync;
     ObservedStorage::Hooks observe;
   };
-  enum class Kind { kMemory, kSqlite };
+  struct Options {
+    bool torn_writes = true;         // a crash may tear the last write not yet durable
+    bool planted_skip_sync = false;  // test-only planted bug: fsync makes nothing durable
+  };
 
-  // `rng` feeds SQLite's randomness (kSqlite); `torn_writes`: crashes may tear the last
-  // write that was not yet durable (kSqlite).
-  static std::unique_ptr<NodeDisk> Make(Kind kind, Hooks hooks, Rng* rng, bool torn_writes);
-  virtual ~NodeDisk() = default;
+  // `rng` feeds SQLite's randomness.
+  NodeDisk(Hooks hooks, Rng* rng, Options options);
+  ~NodeDisk();
 
   // (Re)opens the store after a start or a crash; errors are the storage's own.
-  virtual absl::Status Open() = 0;
+  absl::Status Open();
   // The store, between Open and Crash.
-  virtual server::Storage& storage() = 0;
+  server::Storage& storage() { return *observed_; }
   // Power loss at the simulator's now: what was not durable is gone; the store closes.
-  virtual void Crash() = 0;
+  void Crash();
+
+  // Faults. The next write (or sync) fails with an I/O error.
+  void FailNextWrite() { fail_next_write_ = true; }
+  void FailNextSync() { fail_next_sync_ = true; }
+  // The disk fills up: `headroom` more bytes fit, then writes fail with SQLITE_FULL.
+  void Fill(uint64_t headroom) { disk_.SetCapacity(disk_.used_bytes() + headroom); }
+  // Space again (an operator freed some).
+  void Free() { disk_.SetCapacity(UINT64_MAX); }
+  // Every fault off: room on the disk, no armed I/O error.
+  void Heal() {
+    Free();
+    fail_next_write_ = fail_next_sync_ = false;
+  }
+  bool filled() const { return disk_.capacity() != UINT64_MAX; }  // Fill, no Free since
+
+ private:
+  int Fault(storage::SimDisk::Op op);
+
+  Hooks hooks_;
+  storage::SimDisk disk_;
+  std::unique_ptr<storage::SqliteStorage> sqlite_;
+  std::unique_ptr<ObservedStorage> observed_;
+  bool torn_writes_;
+  bool fail_next_write_ = false;
+  bool fail_next_sync_ = false;
 };
 
 }  // namespace keel::sim

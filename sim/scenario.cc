@@ -423,6 +423,10 @@ constexpr StepSpec kStepSpecs[] = {
     {"flap", StepKind::kFlap, "flap A B <interval> <total>", false},
     {"transfer", StepKind::kTransfer, "transfer A", true},
     {"churn", StepKind::kChurn, "churn <duration>", false},
+    {"fail-write", StepKind::kFailWrite, "fail-write A", true},
+    {"fail-sync", StepKind::kFailSync, "fail-sync A", true},
+    {"fill-disk", StepKind::kFillDisk, "fill-disk A", true},
+    {"free-disk", StepKind::kFreeDisk, "free-disk A|all", true},
 };
 
 struct MetricName {
@@ -775,13 +779,15 @@ absl::Status Parser::ParseStepArgs(const StepSpec& spec, Args args, Step& step) 
   }
 }
 
-// isolate, crash, restart, transfer (A), pause (A duration), skew (A offset), drift (A rate).
+// isolate, crash, restart, transfer, fail-write, fail-sync, fill-disk, free-disk (A),
+// pause (A duration), skew (A offset), drift (A rate).
 absl::Status Parser::ParseNodeStep(const StepSpec& spec, Args args, Step& step) const {
   const bool has_value = spec.kind == StepKind::kPause || spec.kind == StepKind::kSkew ||
                          spec.kind == StepKind::kDrift;
   absl::Status arity = CheckArity(args, has_value ? 2 : 1, spec.usage);
   if (!arity.ok()) return arity;
-  absl::StatusOr<NodeRef> a = Node(args[0], /*all_allowed=*/spec.kind == StepKind::kRestart);
+  absl::StatusOr<NodeRef> a = Node(args[0], /*all_allowed=*/spec.kind == StepKind::kRestart ||
+                                                 spec.kind == StepKind::kFreeDisk);
   if (!a.ok()) return a.status();
   step.a = std::move(*a);
   if (spec.kind == StepKind::kPause) {

@@ -54,6 +54,12 @@ enum class StepKind {
   kChurn,      // churn 5s: for `duration`, each new leader is, with probability 1/2,
                // isolated or crashed within a few message latencies of its election
                // and back a little later (a leader-assassination nemesis)
+  kFailWrite,  // fail-write A: A's next disk write fails with EIO; A stops (fail-stop)
+               // and its supervisor restarts it a little later
+  kFailSync,   // fail-sync A: the same for A's next fsync
+  kFillDisk,   // fill-disk A: A's disk fills up (a little room is left); A raises the
+               // NOSPACE alarm and the cluster refuses writes, serving reads
+  kFreeDisk,   // free-disk A|all: room again; the operator disarms the alarm
 };
 
 struct Step {

@@ -36,8 +36,8 @@ struct RunOptions {
   uint64_t seed = 1;
   bool trace = false;     // print every event to stdout
   bool progress = false;  // a live progress line on stderr
-  bool sqlite = false;    // nodes store their state in SQLite on a simulated disk
   raft::PlantedBugs bugs;
+  bool planted_skip_fsync = false;  // test-only: every node's fsync makes nothing durable
 };
 
 struct RunResult {

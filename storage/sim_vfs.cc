@@ -11,6 +11,9 @@
 #include "core/assert.h"
 
 namespace keel::storage {
+namespace {
+constexpr Nanos kLyingCacheWriteback = Millis(1000);  // planted_skip_sync
+}  // namespace
 
 // The sqlite3_file SQLite allocates for us (szOsFile bytes); `base` must come first.
 struct SimFileHandle {
@@ -36,7 +39,7 @@ struct SimVfsGlue {
   // ---- io methods ----
   static int Close(sqlite3_file* f) {
     SimFileHandle* h = Handle(f);
-    if (h->delete_on_close && !Dead(f)) h->disk->files_.erase(*h->name);
+    if (h->delete_on_close && !Dead(f)) h->disk->Remove(*h->name);
     --h->disk->open_files_;
     delete h->name;
     h->name = nullptr;
@@ -61,18 +64,27 @@ struct SimVfsGlue {
     if (Dead(f)) return SQLITE_IOERR_WRITE;
     if (int rc = Fault(h->disk, SimDisk::Op::kWrite, *h->name); rc != SQLITE_OK) return rc;
     SimDisk::File& file = FileOf(f);
-    file.unsynced.push_back({static_cast<uint64_t>(offset),
-                             std::string(static_cast<const char*>(in), amount), false,
-                             h->disk->next_seq_++});
-    SimDisk::ApplyTo(file.unsynced.back(), file.current);
+    const uint64_t end = static_cast<uint64_t>(offset) + static_cast<uint64_t>(amount);
+    if (end > file.current.size() && end - file.current.size() > h->disk->free_bytes()) {
+      return SQLITE_FULL;
+    }
+    Record(h->disk, file, {static_cast<uint64_t>(offset),
+                           std::string(static_cast<const char*>(in), amount), false,
+                           h->disk->next_seq_++});
     return SQLITE_OK;
   }
   static int Truncate(sqlite3_file* f, sqlite3_int64 size) {
     if (Dead(f)) return SQLITE_IOERR_TRUNCATE;
-    SimDisk::File& file = FileOf(f);
-    file.unsynced.push_back({static_cast<uint64_t>(size), "", true, Handle(f)->disk->next_seq_++});
-    SimDisk::ApplyTo(file.unsynced.back(), file.current);
+    SimDisk* disk = Handle(f)->disk;
+    Record(disk, FileOf(f), {static_cast<uint64_t>(size), "", true, disk->next_seq_++});
     return SQLITE_OK;
+  }
+  // Applies a change to the current image, keeping the disk's used bytes.
+  static void Record(SimDisk* disk, SimDisk::File& file, SimDisk::Change change) {
+    disk->used_bytes_ -= file.current.size();
+    file.unsynced.push_back(std::move(change));
+    SimDisk::ApplyTo(file.unsynced.back(), file.current);
+    disk->used_bytes_ += file.current.size();
   }
   static int Sync(sqlite3_file* f, int flags) {
     SimFileHandle* h = Handle(f);
@@ -81,7 +93,12 @@ struct SimVfsGlue {
     SimDisk::File& file = FileOf(f);
     SimDisk* disk = h->disk;
     const Nanos now = disk->hooks_.now();
-    const Nanos done = disk->hooks_.begin_sync ? disk->hooks_.begin_sync(*h->name) : now;
+    // The planted lie returns at once, and the writes reach the disk only when the
+    // drive's volatile cache is written back, a while later; a crash before then loses
+    // them although SQLite was told they were durable.
+    const Nanos done = disk->hooks_.planted_skip_sync ? now + kLyingCacheWriteback
+                       : disk->hooks_.begin_sync ? disk->hooks_.begin_sync(*h->name)
+                                                 : now;
     KEEL_ASSERT(done >= now);
     KEEL_ASSERT(file.in_flight.empty() || file.in_flight.back().completes_at <= done);
     file.in_flight.push_back({done, std::move(file.unsynced), disk->next_seq_++});
@@ -129,7 +146,7 @@ struct SimVfsGlue {
   }
   static int Delete(sqlite3_vfs* vfs, const char* name, int) {
     if (Disk(vfs)->powered_off_) return SQLITE_IOERR_DELETE;
-    Disk(vfs)->files_.erase(name);
+    Disk(vfs)->Remove(name);
     return SQLITE_OK;
   }
   static int Access(sqlite3_vfs* vfs, const char* name, int, int* out) {
@@ -210,6 +227,13 @@ void SimDisk::ApplyTo(const Change& change, std::string& image) {
   std::memcpy(image.data() + change.offset, change.bytes.data(), change.bytes.size());
 }
 
+void SimDisk::Remove(const std::string& name) {
+  auto it = files_.find(name);
+  if (it == files_.end()) return;
+  used_bytes_ -= it->second.current.size();
+  files_.erase(it);
+}
+
 void SimDisk::FoldCompleted(File& file, Nanos now) {
   while (!file.in_flight.empty() && file.in_flight.front().completes_at <= now) {
     for (const Change& c : file.in_flight.front().changes) ApplyTo(c, file.durable);
@@ -221,6 +245,7 @@ void SimDisk::Crash(bool tear) {
   ++epoch_;
   powered_off_ = true;
   const Nanos now = hooks_.now();
+  used_bytes_ = 0;
   // The first sync still in flight: the process was blocked in it, so nothing it issued
   // afterwards happened.
   uint64_t cutoff = UINT64_MAX;
@@ -249,6 +274,7 @@ void SimDisk::Crash(bool tear) {
     file.unsynced.clear();
     file.in_flight.clear();
     file.current = file.durable;
+    used_bytes_ += file.current.size();
   }
 }
 

@@ -15,7 +15,8 @@
 // File creation and deletion are durable at once (we do not model directory fsyncs).
 //
 // Fault injection: a hook is asked before every write and sync and may fail it with
-// SQLITE_IOERR_WRITE, SQLITE_IOERR_FSYNC or SQLITE_FULL. SQLite itself is made
+// SQLITE_IOERR_WRITE, SQLITE_IOERR_FSYNC or SQLITE_FULL; a capacity makes every write
+// that would grow the files past it fail with SQLITE_FULL (a full disk). SQLite itself is made
 // deterministic: xRandomness, xCurrentTime and xSleep come from the hooks (WAL salts
 // included), never from the machine.
 //
@@ -49,6 +50,10 @@ class SimDisk {
     std::function<Nanos(const std::string& file)> begin_sync;
     // Before each write or sync: return SQLITE_OK or the error to fail it with.
     std::function<int(Op op, const std::string& file)> fault;
+    // Test-only planted bug: xSync returns OK at once without making anything durable
+    // (an fsync that lies, or a storage layer that skips it); the writes reach the disk
+    // a second later, when a drive's volatile cache would be written back.
+    bool planted_skip_sync = false;
   };
 
   explicit SimDisk(Hooks hooks);
@@ -74,6 +79,13 @@ class SimDisk {
   void PowerOn() { powered_off_ = false; }
 
   int open_files() const { return open_files_; }
+
+  // Space: the bytes every file's current image takes, and the disk's size (default:
+  // unlimited). Lowering the capacity below what is used fails only later growth.
+  uint64_t used_bytes() const { return used_bytes_; }
+  uint64_t free_bytes() const { return capacity_ > used_bytes_ ? capacity_ - used_bytes_ : 0; }
+  void SetCapacity(uint64_t bytes) { capacity_ = bytes; }
+  uint64_t capacity() const { return capacity_; }
   // FNV-1a over every file's name and durable bytes: equal disks, equal digests.
   uint64_t DurableDigest() const;
 
@@ -102,6 +114,7 @@ class SimDisk {
   // O(bytes written), never O(file size).
   static void FoldCompleted(File& file, Nanos now);
   static void ApplyTo(const Change& change, std::string& image);
+  void Remove(const std::string& name);  // deletes a file, durably
 
   Hooks hooks_;
   std::string name_;
@@ -112,6 +125,8 @@ class SimDisk {
   bool powered_off_ = false;
   int open_files_ = 0;
   uint64_t temp_counter_ = 0;
+  uint64_t used_bytes_ = 0;
+  uint64_t capacity_ = UINT64_MAX;
 };
 
 }  // namespace keel::storage

@@ -1,8 +1,11 @@
 #include "storage/sqlite_storage.h"
 
 #include <sqlite3.h>
+#include <sys/statvfs.h>
 
+#include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "core/assert.h"
@@ -114,7 +117,8 @@ struct SqliteStorage::Statements {
   Stmt compact;
 };
 
-SqliteStorage::SqliteStorage(sqlite3* db) : db_(db) {}
+SqliteStorage::SqliteStorage(sqlite3* db, std::string path, Options options)
+    : db_(db), path_(std::move(path)), options_(std::move(options)) {}
 
 SqliteStorage::~SqliteStorage() {
   stmts_.reset();  // finalized before the close
@@ -134,7 +138,7 @@ absl::StatusOr<std::unique_ptr<SqliteStorage>> SqliteStorage::Open(const std::st
     sqlite3_close_v2(db);
     return st;
   }
-  std::unique_ptr<SqliteStorage> storage(new SqliteStorage(db));
+  std::unique_ptr<SqliteStorage> storage(new SqliteStorage(db, path, options));
   if (absl::Status st = storage->Initialize(); !st.ok()) return st;
   return storage;
 }
@@ -162,6 +166,11 @@ absl::Status SqliteStorage::Initialize() {
     }
   }
   if (absl::Status st = Exec("PRAGMA synchronous=FULL"); !st.ok()) return st;
+  if (absl::Status st = Exec(absl::StrCat("PRAGMA wal_autocheckpoint=",
+                                         options_.wal_autocheckpoint_pages).c_str());
+      !st.ok()) {
+    return st;
+  }
 
   Stmt tables(db_, "SELECT count(*) FROM sqlite_schema");
   if (!tables.Step()) return Error("read the schema");
@@ -297,6 +306,17 @@ absl::Status SqliteStorage::Compact(LogIndex through) {
   drop.Bind(1, through.value).Step();
   if (!drop.ok()) return failed_ = true, Error("compact raft_log");
   return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> SqliteStorage::AvailableBytes() {
+  if (options_.available_bytes) return options_.available_bytes();
+  std::filesystem::path dir = std::filesystem::path(path_).parent_path();
+  if (dir.empty()) dir = ".";
+  struct statvfs fs;
+  if (statvfs(dir.c_str(), &fs) != 0) {
+    return absl::InternalError(absl::StrCat("statvfs ", dir.string(), ": ", std::strerror(errno)));
+  }
+  return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
 }
 
 absl::Status SqliteStorage::Sync() {

@@ -30,6 +30,7 @@
 // not a keel database is refused with a clear error, never reset. A missing file is
 // created empty.
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -45,6 +46,11 @@ class SqliteStorage : public server::Storage {
  public:
   struct Options {
     std::string vfs;  // empty: SQLite's default VFS (the real disk)
+    // Free bytes on the database's disk. Null: statvfs(2) of the database's directory.
+    std::function<uint64_t()> available_bytes;
+    // WAL pages before an automatic checkpoint (SQLite's default: 1000 pages, ~4 MiB).
+    // The simulator checkpoints more often: more crash points, and smaller files.
+    int wal_autocheckpoint_pages = 1000;
   };
   static absl::StatusOr<std::unique_ptr<SqliteStorage>> Open(const std::string& path,
                                                              const Options& options);
@@ -57,10 +63,11 @@ class SqliteStorage : public server::Storage {
   absl::Status InstallSnapshot(const raft::Snapshot& snapshot) override;
   absl::Status Compact(LogIndex through) override;
   absl::Status Sync() override;
+  absl::StatusOr<uint64_t> AvailableBytes() override;
 
  private:
   struct Statements;  // prepared once, reused for every write
-  explicit SqliteStorage(sqlite3* db);
+  SqliteStorage(sqlite3* db, std::string path, Options options);
   absl::Status Initialize();
   absl::Status Prepare();
   absl::Status Exec(const char* sql);
@@ -69,6 +76,8 @@ class SqliteStorage : public server::Storage {
   absl::Status Error(const char* what) const;
 
   sqlite3* db_;
+  std::string path_;
+  Options options_;
   std::unique_ptr<Statements> stmts_;
   bool in_transaction_ = false;
   bool failed_ = false;  // after any error: fail-stop

@@ -831,6 +831,9 @@ Ready Raft::GetReady() {
   rd.messages_after_persist.swap(messages_after_persist_);
   rd.read_states.swap(read_states_);
   if (!snapshot_pending_install_) rd.committed_entries = log_.NextCommitted(config_.apply_bytes_max);
+  rd.must_sync = rd.snapshot || !rd.entries.empty() ||
+                 (rd.hard_state && (rd.hard_state->term != persisted_hard_state_.term ||
+                                    rd.hard_state->vote != persisted_hard_state_.vote));
   return rd;
 }
 

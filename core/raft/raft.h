@@ -84,7 +84,10 @@ struct ReadState {
 // Everything the host must do, in this order:
 //  1. If `snapshot` is set, install it in the state machine and persist it.
 //  2. Persist `entries` (the first may overwrite: drop everything from its index on)
-//     and `hard_state`, then make them durable (fsync).
+//     and `hard_state`, then, if `must_sync`, make them durable (fsync). A Ready whose
+//     only change is the commit index need not be synced (etcd's MustSync): a commit
+//     index lost in a crash is learnt again from the leader, so it may ride along with
+//     the next sync.
 //     `messages` may be sent BEFORE or while this happens (thesis §10.2.1: the leader
 //     writes its log in parallel with replicating it).
 //  3. Only AFTER step 2 is durable: send `messages_after_persist`, then apply
@@ -99,6 +102,7 @@ struct Ready {
   std::vector<Message> messages_after_persist;
   std::vector<Entry> committed_entries;
   std::vector<ReadState> read_states;
+  bool must_sync = false;  // a snapshot, entries, or a new term or vote
 
   bool MustPersist() const { return snapshot || !entries.empty() || hard_state; }
 };

@@ -9,24 +9,68 @@
 namespace keel::server {
 namespace {
 
-// Entry and read-context framing: 8 bytes of request id (little-endian), then the
-// command. An empty entry is a leader's no-op.
-std::string Frame(uint64_t request_id, std::string_view command) {
-  std::string out(8, '\0');
+// Entry framing (node.h): request id, kind, payload. Read contexts use the same frame.
+enum class EntryKind : uint8_t { kCommand = 0, kNode = 1 };
+
+std::string Frame(uint64_t request_id, EntryKind kind, std::string_view payload) {
+  std::string out(9, '\0');
   for (int k = 0; k < 8; ++k) out[k] = static_cast<char>(request_id >> (8 * k));
-  out.append(command);
+  out[8] = static_cast<char>(kind);
+  out.append(payload);
   return out;
 }
 
-bool Unframe(std::string_view data, uint64_t* request_id, std::string_view* command) {
-  if (data.size() < 8) return false;
+bool Unframe(std::string_view data, uint64_t* request_id, EntryKind* kind,
+             std::string_view* payload) {
+  if (data.size() < 9) return false;
   uint64_t id = 0;
   for (int k = 0; k < 8; ++k) id |= static_cast<uint64_t>(static_cast<uint8_t>(data[k])) << (8 * k);
+  const uint8_t k = static_cast<uint8_t>(data[8]);
+  if (k > static_cast<uint8_t>(EntryKind::kNode)) return false;
   *request_id = id;
-  *command = data.substr(8);
+  *kind = static_cast<EntryKind>(k);
+  *payload = data.substr(9);
   return true;
 }
 
+// Node commands: one byte of action, u64 member id.
+enum class AlarmAction : uint8_t { kActivateNoSpace = 1, kDeactivateNoSpace = 2 };
+
+std::string AlarmCommand(AlarmAction action, NodeId member) {
+  std::string out(1, static_cast<char>(action));
+  for (int k = 0; k < 8; ++k) out.push_back(static_cast<char>(member.value >> (8 * k)));
+  return out;
+}
+
+uint64_t ReadU64(std::string_view bytes) {
+  uint64_t v = 0;
+  for (int k = 0; k < 8; ++k) v |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[k])) << (8 * k);
+  return v;
+}
+
+constexpr std::string_view kSnapshotMagic = "KNS1";
+constexpr uint32_t kSnapshotAlarmsMax = 1024;
+
+// Splits a Node snapshot into its alarms and the state machine's bytes; validates.
+absl::Status ParseSnapshot(std::string_view data, std::set<NodeId>* alarms,
+                           std::string_view* state_machine) {
+  if (data.size() < 8 || data.substr(0, 4) != kSnapshotMagic) {
+    return absl::DataLossError("not a keel node snapshot (bad magic)");
+  }
+  uint32_t count = 0;
+  for (int k = 0; k < 4; ++k) count |= static_cast<uint32_t>(static_cast<uint8_t>(data[4 + k])) << (8 * k);
+  if (count > kSnapshotAlarmsMax || data.size() - 8 < 8ull * count) {
+    return absl::DataLossError("node snapshot: alarm list is truncated or too long");
+  }
+  for (uint32_t k = 0; k < count; ++k) {
+    const NodeId member(ReadU64(data.substr(8 + 8 * k, 8)));
+    if (member.value == 0 || !alarms->insert(member).second) {
+      return absl::DataLossError("node snapshot: bad or repeated alarm member");
+    }
+  }
+  *state_machine = data.substr(8 + 8ull * count);
+  return absl::OkStatus();
+}
 }  // namespace
 
 Node::Node(NodeConfig config, Env& env, StateMachine& state_machine)
@@ -44,12 +88,10 @@ absl::Status Node::Start() {
     return recovered.status();
   }
   if (recovered->snapshot) {
-    const raft::Snapshot& s = *recovered->snapshot;
-    if (absl::Status st = state_machine_.Restore(s.index, s.data); !st.ok()) {
+    if (absl::Status st = RestoreSnapshot(*recovered->snapshot); !st.ok()) {
       FailStop(st, "restore snapshot");
       return st;
     }
-    last_snapshot_index_ = s.index;
   }
   raft_ = std::make_unique<raft::Raft>(config_.raft, std::move(*recovered), &env_.Random(),
                                        log_);
@@ -66,7 +108,26 @@ void Node::Tick() {
   tick_timer_ = env_.SetTimer(config_.tick_interval, [this] { Tick(); });
   raft_->Tick();
   ExpireRequests();
+  CheckSpace();
   ProcessReady();
+}
+
+void Node::CheckSpace() {
+  absl::StatusOr<uint64_t> available = env_.Disk().AvailableBytes();
+  if (!available.ok()) {
+    log_.Warn("FreeSpaceUnknown").Field("id", raft_->id()).Field("status", available.status().ToString());
+    return;
+  }
+  if (*available >= config_.space_reserve_bytes || nospace_alarms_.contains(raft_->id())) return;
+  const Nanos now = env_.Now();
+  if (now < next_alarm_raise_) return;  // the last raise may still commit
+  next_alarm_raise_ = now + config_.tick_interval * config_.raft.election_ticks;
+  log_.Warn("RaisingNoSpaceAlarm").Field("id", raft_->id()).Field("available", *available)
+      .Field("reserve", config_.space_reserve_bytes);
+  // No client waits for it (id 0); if it is lost (no leader), the next check retries.
+  std::vector<std::string> data;
+  data.push_back(Frame(0, EntryKind::kNode, AlarmCommand(AlarmAction::kActivateNoSpace, raft_->id())));
+  (void)raft_->Propose(std::move(data));
 }
 
 void Node::Receive(std::string_view bytes) {
@@ -88,7 +149,10 @@ bool Node::AcceptableSnapshot(const raft::Message& m) const {
   if (!m.snapshot) return true;
   // A snapshot the state machine cannot restore is dropped here, before Raft adopts
   // it: a bad peer must not be able to stop this node.
-  absl::Status st = state_machine_.CheckSnapshot(m.snapshot->index, m.snapshot->data);
+  std::set<NodeId> alarms;
+  std::string_view state;
+  absl::Status st = ParseSnapshot(m.snapshot->data, &alarms, &state);
+  if (st.ok()) st = state_machine_.CheckSnapshot(m.snapshot->index, state);
   if (st.ok()) return true;
   log_.Warn("DroppedBadSnapshot").Field("id", raft_->id()).Field("from", m.from)
       .Field("index", m.snapshot->index).Field("reason", st.message());
@@ -112,9 +176,23 @@ void Node::Propose(std::string command, Done done) {
   if (pending_.size() >= config_.pending_requests_max) {
     return done(absl::ResourceExhaustedError("too many pending requests"));
   }
+  if (!nospace_alarms_.empty() && state_machine_.NeedsSpace(command)) return done(NoSpaceError());
   const uint64_t id = AddPending(std::move(done));
+  ProposeEntry(id, Frame(id, EntryKind::kCommand, command));
+}
+
+void Node::DisarmAlarm(NodeId member, Done done) {
+  if (stopped_) return done(absl::UnavailableError("node stopped"));
+  if (pending_.size() >= config_.pending_requests_max) {
+    return done(absl::ResourceExhaustedError("too many pending requests"));
+  }
+  const uint64_t id = AddPending(std::move(done));
+  ProposeEntry(id, Frame(id, EntryKind::kNode, AlarmCommand(AlarmAction::kDeactivateNoSpace, member)));
+}
+
+void Node::ProposeEntry(uint64_t id, std::string entry) {
   std::vector<std::string> data;
-  data.push_back(Frame(id, command));
+  data.push_back(std::move(entry));
   if (absl::Status st = raft_->Propose(std::move(data)); !st.ok()) {
     Finish(id, st);
     return;
@@ -128,7 +206,7 @@ void Node::Read(Done done) {
     return done(absl::ResourceExhaustedError("too many pending requests"));
   }
   const uint64_t id = AddPending(std::move(done));
-  if (absl::Status st = raft_->ReadIndex(Frame(id, "")); !st.ok()) {
+  if (absl::Status st = raft_->ReadIndex(Frame(id, EntryKind::kCommand, "")); !st.ok()) {
     Finish(id, st);
     return;
   }
@@ -166,19 +244,20 @@ void Node::ProcessReady() {
     PersistReady(rd);
     if (stopped_) return;  // fail-stop: nothing after a failed write is said or applied
     SendAll(rd.messages_after_persist);
-    std::vector<uint64_t> applied_requests;
-    ApplyCommitted(rd, &applied_requests);
+    Outcomes outcomes;
+    ApplyCommitted(rd, &outcomes);
     if (stopped_) return;
     for (const raft::ReadState& rs : rd.read_states) {
       uint64_t id = 0;
+      EntryKind kind;
       std::string_view rest;
-      if (!Unframe(rs.context, &id, &rest)) continue;
+      if (!Unframe(rs.context, &id, &kind, &rest)) continue;
       if (pending_.contains(id)) confirmed_reads_.emplace(rs.index, id);
     }
     raft_->Advance(rd);
     MaybeSnapshot();
     // Callbacks run only now, outside the Ready: they may call back into this Node.
-    for (uint64_t id : applied_requests) Finish(id, absl::OkStatus());
+    for (auto& [id, status] : outcomes) Finish(id, std::move(status));
     FinishReads();
   }
 }
@@ -188,11 +267,10 @@ void Node::PersistReady(const raft::Ready& rd) {
   Storage& disk = env_.Disk();
   absl::Status st;
   if (rd.snapshot) {
-    st = state_machine_.Restore(rd.snapshot->index, rd.snapshot->data);
+    st = RestoreSnapshot(*rd.snapshot);
     if (!st.ok()) return FailStop(st, "restore snapshot");
     st = disk.InstallSnapshot(*rd.snapshot);
     if (!st.ok()) return FailStop(st, "install snapshot");
-    last_snapshot_index_ = rd.snapshot->index;
   }
   if (!rd.entries.empty()) {
     st = disk.Append(rd.entries);
@@ -202,23 +280,77 @@ void Node::PersistReady(const raft::Ready& rd) {
     st = disk.SaveHardState(*rd.hard_state);
     if (!st.ok()) return FailStop(st, "save hard state");
   }
+  if (!rd.must_sync) return;  // a commit index alone rides along with the next sync
   st = disk.Sync();  // group commit: one sync for everything this Ready produced
   if (!st.ok()) return FailStop(st, "sync");
 }
 
-void Node::ApplyCommitted(const raft::Ready& rd, std::vector<uint64_t>* applied_requests) {
+void Node::ApplyCommitted(const raft::Ready& rd, Outcomes* outcomes) {
   for (const raft::Entry& e : rd.committed_entries) {
     if (e.data.empty()) continue;  // a leader's no-op
     uint64_t id = 0;
-    std::string_view command;
-    if (!Unframe(e.data, &id, &command)) {
-      // Only Nodes write entries, and all frame them: a short entry is corruption.
+    EntryKind kind;
+    std::string_view payload;
+    if (!Unframe(e.data, &id, &kind, &payload)) {
+      // Only Nodes write entries, and all frame them: a bad frame is corruption.
       log_.Error("MalformedEntry").Field("id", raft_->id()).Field("index", e.index);
       continue;
     }
-    state_machine_.Apply(e.index, id, command);
-    if (pending_.contains(id)) applied_requests->push_back(id);
+    absl::Status result;
+    if (kind == EntryKind::kNode) {
+      result = ApplyNodeCommand(payload);
+    } else {
+      const StateMachine::ApplyContext context{.nospace = !nospace_alarms_.empty()};
+      result = state_machine_.Apply(e.index, id, payload, context);
+    }
+    if (pending_.contains(id)) outcomes->emplace_back(id, std::move(result));
   }
+}
+
+absl::Status Node::ApplyNodeCommand(std::string_view payload) {
+  if (payload.size() != 9) {
+    log_.Error("MalformedNodeCommand").Field("id", raft_->id()).Field("bytes", payload.size());
+    return absl::InvalidArgumentError("malformed node command");
+  }
+  const NodeId member(ReadU64(payload.substr(1)));
+  switch (static_cast<AlarmAction>(payload[0])) {
+    case AlarmAction::kActivateNoSpace:
+      if (member.value != 0 && nospace_alarms_.insert(member).second) {
+        log_.Warn("AlarmActivated").Field("id", raft_->id()).Field("member", member)
+            .Field("alarm", "NOSPACE");
+      }
+      return absl::OkStatus();
+    case AlarmAction::kDeactivateNoSpace:
+      if (nospace_alarms_.erase(member) > 0) {
+        log_.Info("AlarmDeactivated").Field("id", raft_->id()).Field("member", member)
+            .Field("alarm", "NOSPACE");
+        if (member == raft_->id()) next_alarm_raise_ = Nanos(0);  // re-check at once
+      }
+      return absl::OkStatus();
+  }
+  log_.Error("MalformedNodeCommand").Field("id", raft_->id()).Field("action", static_cast<int>(payload[0]));
+  return absl::InvalidArgumentError("unknown node command");
+}
+
+std::string Node::WrapSnapshot(std::string state_machine_snapshot) const {
+  std::string out(kSnapshotMagic);
+  const uint32_t count = static_cast<uint32_t>(nospace_alarms_.size());
+  for (int k = 0; k < 4; ++k) out.push_back(static_cast<char>(count >> (8 * k)));
+  for (NodeId member : nospace_alarms_) {
+    for (int k = 0; k < 8; ++k) out.push_back(static_cast<char>(member.value >> (8 * k)));
+  }
+  out += state_machine_snapshot;
+  return out;
+}
+
+absl::Status Node::RestoreSnapshot(const raft::Snapshot& snapshot) {
+  std::set<NodeId> alarms;
+  std::string_view state;
+  if (absl::Status st = ParseSnapshot(snapshot.data, &alarms, &state); !st.ok()) return st;
+  if (absl::Status st = state_machine_.Restore(snapshot.index, state); !st.ok()) return st;
+  nospace_alarms_ = std::move(alarms);
+  last_snapshot_index_ = snapshot.index;
+  return absl::OkStatus();
 }
 
 void Node::FinishReads() {
@@ -233,7 +365,7 @@ void Node::FinishReads() {
 void Node::MaybeSnapshot() {
   const LogIndex applied = raft_->log().applied();
   if (applied - last_snapshot_index_ < config_.snapshot_entries) return;
-  raft_->CreateSnapshot(applied, state_machine_.TakeSnapshot());
+  raft_->CreateSnapshot(applied, WrapSnapshot(state_machine_.TakeSnapshot()));
   const raft::Snapshot& snap = *raft_->log().snapshot();
   Storage& disk = env_.Disk();
   // Durable with the next Sync; a crash before it just keeps the longer log.

@@ -13,12 +13,28 @@
 //
 // Failure model: a storage error stops the node for good (fail-stop); it then drops
 // every event until it is rebuilt from its durable state.
+//
+// Space (etcd's NOSPACE alarm): when its disk's free space falls below
+// space_reserve_bytes, a node raises the alarm through Raft, so every member sees it at
+// the same log index. While any member's alarm is active, commands that need space are
+// refused before they are proposed, and those already in the log are rejected when
+// applied (both with NoSpaceError()); reads are served and nothing is lost. The reserve
+// is headroom for what still gets written: Raft's own entries and commands in flight.
+// Only an operator disarms an alarm (DisarmAlarm, etcd's `alarm disarm`); a member still
+// short of space raises it again. The alarms are replicated state: in the log, and in
+// every snapshot, which wraps the state machine's:
+//   "KNS1" | u32 alarm count | u64 member id per alarm | the state machine's snapshot
+//
+// Entry framing: u64 request id (little-endian), one byte of kind (0: a command for the
+// state machine, 1: a Node command such as an alarm), the payload. An empty entry is a
+// leader's no-op.
 
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "absl/status/status.h"
@@ -36,6 +52,7 @@ struct NodeConfig {
   uint64_t snapshot_catchup_entries = 5000;  // entries kept after a snapshot for followers
   size_t pending_requests_max = 10000;
   size_t request_bytes_max = 1536 * 1024;  // etcd --max-request-bytes (1.5 MiB)
+  uint64_t space_reserve_bytes = 64ull << 20;  // free disk below this: NOSPACE alarm
 };
 
 class Node {
@@ -56,8 +73,12 @@ class Node {
   void Propose(std::string command, Done done);
   void Read(Done done);
   absl::Status TransferLeadership(NodeId to);
+  // Proposes clearing `member`'s NOSPACE alarm (etcd's AlarmRequest DEACTIVATE).
+  void DisarmAlarm(NodeId member, Done done);
 
   bool stopped() const { return stopped_; }
+  // Members whose NOSPACE alarm is active, as of this node's applied index.
+  const std::set<NodeId>& nospace_alarms() const { return nospace_alarms_; }
   const raft::Raft& raft() const { return *raft_; }
   const NodeConfig& config() const { return config_; }
 
@@ -69,7 +90,13 @@ class Node {
   void Tick();
   void ProcessReady();
   void PersistReady(const raft::Ready& rd);
-  void ApplyCommitted(const raft::Ready& rd, std::vector<uint64_t>* applied_requests);
+  using Outcomes = std::vector<std::pair<uint64_t, absl::Status>>;  // request id, result
+  void ApplyCommitted(const raft::Ready& rd, Outcomes* outcomes);
+  absl::Status ApplyNodeCommand(std::string_view payload);
+  void CheckSpace();
+  void ProposeEntry(uint64_t id, std::string entry);
+  std::string WrapSnapshot(std::string state_machine_snapshot) const;
+  absl::Status RestoreSnapshot(const raft::Snapshot& snapshot);
   bool AcceptableSnapshot(const raft::Message& m) const;
   void MaybeSnapshot();
   void FinishReads();
@@ -91,6 +118,9 @@ class Node {
   std::map<uint64_t, Pending> pending_;               // by request id
   std::deque<std::pair<Nanos, uint64_t>> deadlines_;  // FIFO: timeouts are uniform
   std::multimap<LogIndex, uint64_t> confirmed_reads_;  // read point -> request id
+
+  std::set<NodeId> nospace_alarms_;  // replicated: members with an active NOSPACE alarm
+  Nanos next_alarm_raise_{0};         // a raise in flight is not repeated before this
 };
 
 }  // namespace keel::server

@@ -38,16 +38,24 @@ class Reader {
 
 }  // namespace
 
-void Register::Apply(LogIndex index, uint64_t request_id, std::string_view command) {
+absl::Status Register::Apply(LogIndex index, uint64_t request_id, std::string_view command,
+                             const ApplyContext& context) {
   KEEL_ASSERT(index > applied_);
   applied_ = index;
-  if (!seen_.insert(request_id).second) return;  // a duplicate of an applied request
+  // A duplicate of a request seen before has that request's fate: applied once, or
+  // rejected for good (it must not slip in after the alarm is disarmed).
+  if (!seen_.insert(request_id).second) return absl::OkStatus();
+  if (context.nospace) {
+    rejected_.push_back(request_id);
+    return NoSpaceError();
+  }
   values_.push_back({request_id, index, std::string(command)});
   if (observer_) observer_(values_.back());
+  return absl::OkStatus();
 }
 
 std::string Register::TakeSnapshot() const {
-  size_t bytes = 8;
+  size_t bytes = 16 + 8 * rejected_.size();
   for (const Value& v : values_) bytes += 24 + v.data.size();
   std::string out;
   out.reserve(bytes);
@@ -58,11 +66,14 @@ std::string Register::TakeSnapshot() const {
     PutU64(&out, v.data.size());
     out += v.data;
   }
+  PutU64(&out, rejected_.size());
+  for (uint64_t id : rejected_) PutU64(&out, id);
   return out;
 }
 
-absl::Status Register::Parse(LogIndex index, std::string_view data,
-                             std::vector<Value>* values, absl::btree_set<uint64_t>* seen) {
+absl::Status Register::Parse(LogIndex index, std::string_view data, State* state) {
+  std::vector<Value>* values = &state->values;
+  absl::btree_set<uint64_t>* seen = &state->seen;
   Reader r(data);
   uint64_t count = 0;
   if (!r.U64(&count)) return absl::DataLossError("register snapshot header is corrupt");
@@ -80,23 +91,32 @@ absl::Status Register::Parse(LogIndex index, std::string_view data,
     }
     values->push_back(std::move(v));
   }
+  uint64_t rejected = 0;
+  if (!r.U64(&rejected)) return absl::DataLossError("register snapshot truncated at rejections");
+  for (uint64_t k = 0; k < rejected; ++k) {
+    uint64_t id = 0;
+    if (!r.U64(&id)) return absl::DataLossError("register snapshot truncated at rejections");
+    if (!seen->insert(id).second) {
+      return absl::DataLossError("register snapshot names a request twice");
+    }
+    state->rejected.push_back(id);
+  }
   if (!r.Done()) return absl::DataLossError("register snapshot has trailing bytes");
   return absl::OkStatus();
 }
 
 absl::Status Register::CheckSnapshot(LogIndex index, std::string_view data) const {
-  std::vector<Value> values;
-  absl::btree_set<uint64_t> seen;
-  return Parse(index, data, &values, &seen);
+  State state;
+  return Parse(index, data, &state);
 }
 
 absl::Status Register::Restore(LogIndex index, std::string_view data) {
-  std::vector<Value> values;
-  absl::btree_set<uint64_t> seen;
-  if (absl::Status st = Parse(index, data, &values, &seen); !st.ok()) return st;
+  State state;
+  if (absl::Status st = Parse(index, data, &state); !st.ok()) return st;
   applied_ = index;
-  values_ = std::move(values);
-  seen_ = std::move(seen);
+  values_ = std::move(state.values);
+  seen_ = std::move(state.seen);
+  rejected_ = std::move(state.rejected);
   return absl::OkStatus();
 }
 

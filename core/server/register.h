@@ -4,8 +4,12 @@
 // request seen before (a duplicated forward) is ignored, so every value appears at most
 // once and in commit order on every node.
 //
+// Under the NOSPACE alarm a command is rejected instead, and its request id remembered,
+// so that a duplicate of it is rejected too.
+//
 // Snapshot format: u64 count, then per value: u64 request id, u64 index, u64 length,
-// bytes. Little-endian. The snapshot's index is Raft's, passed to Restore.
+// bytes; then u64 count of rejected requests, and their u64 ids. Little-endian. The
+// snapshot's index is Raft's, passed to Restore.
 
 #include <cstdint>
 #include <functional>
@@ -30,8 +34,10 @@ class Register : public StateMachine {
 
   void SetObserver(ApplyObserver observer) { observer_ = std::move(observer); }
 
-  void Apply(LogIndex index, uint64_t request_id, std::string_view command) override;
+  absl::Status Apply(LogIndex index, uint64_t request_id, std::string_view command,
+                     const ApplyContext& context) override;
   LogIndex applied() const override { return applied_; }
+  bool NeedsSpace(std::string_view) const override { return true; }  // every write appends
   std::string TakeSnapshot() const override;
   absl::Status CheckSnapshot(LogIndex index, std::string_view data) const override;
   absl::Status Restore(LogIndex index, std::string_view data) override;
@@ -39,12 +45,17 @@ class Register : public StateMachine {
   const std::vector<Value>& values() const { return values_; }
 
  private:
-  static absl::Status Parse(LogIndex index, std::string_view data, std::vector<Value>* values,
-                            absl::btree_set<uint64_t>* seen);
+  struct State {
+    std::vector<Value> values;
+    absl::btree_set<uint64_t> seen;
+    std::vector<uint64_t> rejected;
+  };
+  static absl::Status Parse(LogIndex index, std::string_view data, State* state);
 
   LogIndex applied_;
   std::vector<Value> values_;
-  absl::btree_set<uint64_t> seen_;
+  absl::btree_set<uint64_t> seen_;      // request ids applied or rejected
+  std::vector<uint64_t> rejected_;     // request ids rejected under the NOSPACE alarm
   ApplyObserver observer_;
 };
 

@@ -5,8 +5,8 @@
 // (fail-stop): after a failed write or sync the node must not continue, because it can
 // no longer know what it promised (fsyncgate).
 //
-// Implementations: sim::SimStorage (in memory, explicit volatile vs durable state);
-// storage/ (SQLite) in real mode.
+// Implementation: storage::SqliteStorage, on the real disk or (in the simulator) on
+// storage::SimDisk; unit tests may use an in-memory one.
 
 #include <span>
 
@@ -36,6 +36,9 @@ class Storage {
   virtual absl::Status Compact(LogIndex through) = 0;
   // Makes every staged write durable. Blocks (in the simulator: the node is busy).
   virtual absl::Status Sync() = 0;
+  // Bytes the store can still grow by on its disk (free space for an unprivileged
+  // user). The node raises the NOSPACE alarm before this reaches zero.
+  virtual absl::StatusOr<uint64_t> AvailableBytes() = 0;
 };
 
 }  // namespace keel::server

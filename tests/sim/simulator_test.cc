@@ -10,10 +10,11 @@
 namespace keel::sim {
 namespace {
 
-RunResult RunSeed(uint64_t seed, raft::PlantedBugs bugs = {}) {
+RunResult RunSeed(uint64_t seed, raft::PlantedBugs bugs = {}, bool skip_fsync = false) {
   RunOptions options;
   options.seed = seed;
   options.bugs = bugs;
+  options.planted_skip_fsync = skip_fsync;
   return RunScenario(SwarmScenario(seed), options);
 }
 
@@ -38,14 +39,14 @@ TEST(Simulator, CleanSeedsPass) {
 }
 
 // Runs seeds 1..1000 with the bug planted until one fails; returns that seed (0: none).
-uint64_t FindPlantedBug(raft::PlantedBugs bugs, const char* name) {
+uint64_t FindPlantedBug(raft::PlantedBugs bugs, const char* name, bool skip_fsync = false) {
   for (uint64_t seed = 1; seed <= 1000; ++seed) {
-    const RunResult r = RunSeed(seed, bugs);
+    const RunResult r = RunSeed(seed, bugs, skip_fsync);
     if (!r.ok) {
       std::printf("[planted %s] found by seed %llu: %s\n", name,
                   static_cast<unsigned long long>(seed), r.failures[0].c_str());
       // The failure reproduces exactly from its seed.
-      const RunResult again = RunSeed(seed, bugs);
+      const RunResult again = RunSeed(seed, bugs, skip_fsync);
       EXPECT_FALSE(again.ok);
       EXPECT_EQ(again.trace_hash, r.trace_hash);
       return seed;
@@ -70,6 +71,12 @@ TEST(PlantedBugs, VoteSentBeforeItIsPersistedIsFound) {
 // confirming it still leads (no heartbeat round) serves stale reads once deposed.
 TEST(PlantedBugs, ReadIndexWithoutAHeartbeatRoundIsFound) {
   EXPECT_NE(FindPlantedBug({.read_index_without_heartbeat = true}, "read-without-heartbeat"), 0u);
+}
+
+// The disk lies: fsync returns before the writes are durable, so a node acknowledges
+// entries and votes that a crash then takes back.
+TEST(PlantedBugs, AcknowledgingBeforeTheFsyncIsFound) {
+  EXPECT_NE(FindPlantedBug({}, "skip-fsync", /*skip_fsync=*/true), 0u);
 }
 
 }  // namespace

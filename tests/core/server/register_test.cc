@@ -31,7 +31,7 @@ struct RawValue {
   std::string data;
 };
 
-std::string Encode(const std::vector<RawValue>& values) {
+std::string Encode(const std::vector<RawValue>& values, const std::vector<uint64_t>& rejected = {}) {
   std::string out;
   PutU64(&out, values.size());
   for (const RawValue& v : values) {
@@ -40,15 +40,17 @@ std::string Encode(const std::vector<RawValue>& values) {
     PutU64(&out, v.data.size());
     out += v.data;
   }
+  PutU64(&out, rejected.size());
+  for (uint64_t id : rejected) PutU64(&out, id);
   return out;
 }
 
 // A register that applied requests 11, 12 and 13 at indexes 2, 3 and 5.
 Register MakeRegister() {
   Register r;
-  r.Apply(LogIndex(2), 11, "a");
-  r.Apply(LogIndex(3), 12, "bb");
-  r.Apply(LogIndex(5), 13, "ccc");
+  EXPECT_TRUE(r.Apply(LogIndex(2), 11, "a", {}).ok());
+  EXPECT_TRUE(r.Apply(LogIndex(3), 12, "bb", {}).ok());
+  EXPECT_TRUE(r.Apply(LogIndex(5), 13, "ccc", {}).ok());
   return r;
 }
 
@@ -61,9 +63,9 @@ TEST(RegisterApply, AppendsEachValueInCommitOrder) {
   EXPECT_EQ(r.applied(), LogIndex(0));
   EXPECT_TRUE(r.values().empty());
 
-  r.Apply(LogIndex(1), 100, "first");
-  r.Apply(LogIndex(4), 7, "second");
-  r.Apply(LogIndex(9), 55, "third");
+  EXPECT_TRUE(r.Apply(LogIndex(1), 100, "first", {}).ok());
+  EXPECT_TRUE(r.Apply(LogIndex(4), 7, "second", {}).ok());
+  EXPECT_TRUE(r.Apply(LogIndex(9), 55, "third", {}).ok());
 
   const std::vector<Value> want = {
       {100, LogIndex(1), "first"}, {7, LogIndex(4), "second"}, {55, LogIndex(9), "third"}};
@@ -74,8 +76,8 @@ TEST(RegisterApply, AppendsEachValueInCommitOrder) {
 TEST(RegisterApply, KeepsCommandBytesExactlyIncludingNulsAndEmptyCommands) {
   Register r;
   const std::string with_nul("x\0y", 3);
-  r.Apply(LogIndex(1), 1, with_nul);
-  r.Apply(LogIndex(2), 2, "");
+  EXPECT_TRUE(r.Apply(LogIndex(1), 1, with_nul, {}).ok());
+  EXPECT_TRUE(r.Apply(LogIndex(2), 2, "", {}).ok());
 
   ASSERT_EQ(r.values().size(), 2u);
   EXPECT_EQ(r.values()[0].data, with_nul);
@@ -84,10 +86,10 @@ TEST(RegisterApply, KeepsCommandBytesExactlyIncludingNulsAndEmptyCommands) {
 
 TEST(RegisterApply, IgnoresARequestIdAlreadyAppliedButStillAdvancesApplied) {
   Register r;
-  r.Apply(LogIndex(1), 42, "once");
+  EXPECT_TRUE(r.Apply(LogIndex(1), 42, "once", {}).ok());
   // The network duplicated a forwarded proposal: the same request committed again.
-  r.Apply(LogIndex(2), 42, "once");
-  r.Apply(LogIndex(3), 42, "different bytes, same request");
+  EXPECT_TRUE(r.Apply(LogIndex(2), 42, "once", {}).ok());
+  EXPECT_TRUE(r.Apply(LogIndex(3), 42, "different bytes, same request", {}).ok());
 
   const std::vector<Value> want = {{42, LogIndex(1), "once"}};
   EXPECT_EQ(r.values(), want);
@@ -99,11 +101,11 @@ TEST(RegisterApply, CallsTheObserverOncePerAppendedValueAndNeverForADuplicate) {
   std::vector<Value> observed;
   r.SetObserver([&](const Value& v) { observed.push_back(v); });
 
-  r.Apply(LogIndex(1), 1, "a");
-  r.Apply(LogIndex(2), 1, "a");  // duplicate
-  r.Apply(LogIndex(3), 2, "b");
-  r.Apply(LogIndex(4), 2, "b");  // duplicate
-  r.Apply(LogIndex(5), 1, "a");  // duplicate of an older one
+  EXPECT_TRUE(r.Apply(LogIndex(1), 1, "a", {}).ok());
+  EXPECT_TRUE(r.Apply(LogIndex(2), 1, "a", {}).ok());  // duplicate
+  EXPECT_TRUE(r.Apply(LogIndex(3), 2, "b", {}).ok());
+  EXPECT_TRUE(r.Apply(LogIndex(4), 2, "b", {}).ok());  // duplicate
+  EXPECT_TRUE(r.Apply(LogIndex(5), 1, "a", {}).ok());  // duplicate of an older one
 
   const std::vector<Value> want = {{1, LogIndex(1), "a"}, {2, LogIndex(3), "b"}};
   EXPECT_EQ(observed, want);
@@ -114,15 +116,15 @@ TEST(RegisterApply, ObserverSeesTheValueAlreadyInValues) {
   Register r;
   size_t size_seen = 0;
   r.SetObserver([&](const Value&) { size_seen = r.values().size(); });
-  r.Apply(LogIndex(1), 1, "a");
+  EXPECT_TRUE(r.Apply(LogIndex(1), 1, "a", {}).ok());
   EXPECT_EQ(size_seen, 1u);  // "called after each value is appended"
 }
 
 TEST(RegisterApplyDeathTest, ApplyAtAnIndexNotAfterAppliedIsAProgrammerError) {
   Register r;
-  r.Apply(LogIndex(3), 1, "a");
-  EXPECT_DEATH(r.Apply(LogIndex(3), 2, "b"), "KEEL_ASSERT");
-  EXPECT_DEATH(r.Apply(LogIndex(2), 2, "b"), "KEEL_ASSERT");
+  EXPECT_TRUE(r.Apply(LogIndex(3), 1, "a", {}).ok());
+  EXPECT_DEATH((void)r.Apply(LogIndex(3), 2, "b", {}), "KEEL_ASSERT");
+  EXPECT_DEATH((void)r.Apply(LogIndex(2), 2, "b", {}), "KEEL_ASSERT");
 }
 
 TEST(RegisterSnapshot, TakeSnapshotWritesTheDocumentedFormat) {
@@ -132,8 +134,8 @@ TEST(RegisterSnapshot, TakeSnapshotWritesTheDocumentedFormat) {
 
 TEST(RegisterSnapshot, RestoreOfATakenSnapshotReproducesTheValuesExactly) {
   Register source = MakeRegister();
-  source.Apply(LogIndex(8), 14, std::string("\0\xff\n", 3));
-  source.Apply(LogIndex(9), 15, "");
+  EXPECT_TRUE(source.Apply(LogIndex(8), 14, std::string("\0\xff\n", 3), {}).ok());
+  EXPECT_TRUE(source.Apply(LogIndex(9), 15, "", {}).ok());
 
   Register copy;
   ASSERT_TRUE(copy.Restore(LogIndex(12), source.TakeSnapshot()).ok());
@@ -145,15 +147,15 @@ TEST(RegisterSnapshot, RestoreOfATakenSnapshotReproducesTheValuesExactly) {
 
 TEST(RegisterSnapshot, RestoreReplacesEverythingTheRegisterHeldBefore) {
   Register r;
-  r.Apply(LogIndex(1), 99, "old");
-  r.Apply(LogIndex(30), 98, "older state, higher index");
+  EXPECT_TRUE(r.Apply(LogIndex(1), 99, "old", {}).ok());
+  EXPECT_TRUE(r.Apply(LogIndex(30), 98, "older state, higher index", {}).ok());
 
   ASSERT_TRUE(r.Restore(LogIndex(6), MakeRegister().TakeSnapshot()).ok());
 
   EXPECT_EQ(r.values(), MakeRegisterValues());
   EXPECT_EQ(r.applied(), LogIndex(6));
   // Request 99 is gone with the old state: applying it again appends it.
-  r.Apply(LogIndex(7), 99, "new");
+  EXPECT_TRUE(r.Apply(LogIndex(7), 99, "new", {}).ok());
   EXPECT_EQ(r.values().back(), (Value{99, LogIndex(7), "new"}));
 }
 
@@ -168,8 +170,8 @@ TEST(RegisterSnapshot, RestoredRegisterStillIgnoresRequestIdsFromTheSnapshot) {
   Register r;
   ASSERT_TRUE(r.Restore(LogIndex(5), MakeRegister().TakeSnapshot()).ok());
 
-  r.Apply(LogIndex(6), 12, "bb");  // request 12 was applied before the snapshot
-  r.Apply(LogIndex(7), 20, "new");
+  EXPECT_TRUE(r.Apply(LogIndex(6), 12, "bb", {}).ok());  // request 12 was applied before the snapshot
+  EXPECT_TRUE(r.Apply(LogIndex(7), 20, "new", {}).ok());
 
   std::vector<Value> want = MakeRegisterValues();
   want.push_back({20, LogIndex(7), "new"});
@@ -201,8 +203,8 @@ void ExpectRefusedAndUnchanged(std::string_view bytes, LogIndex index = LogIndex
   EXPECT_TRUE(observed.empty());
   // The dedup set is the old one: 13 is still a duplicate, 77 (only ever in the corrupt
   // bytes) is new.
-  r.Apply(LogIndex(6), 13, "ccc");
-  r.Apply(LogIndex(7), 77, "fresh");
+  EXPECT_TRUE(r.Apply(LogIndex(6), 13, "ccc", {}).ok());
+  EXPECT_TRUE(r.Apply(LogIndex(7), 77, "fresh", {}).ok());
   std::vector<Value> want = MakeRegisterValues();
   want.push_back({77, LogIndex(7), "fresh"});
   EXPECT_EQ(r.values(), want);
