@@ -71,11 +71,13 @@ int NodeDisk::Fault(storage::SimDisk::Op op) {
   bool& armed = op == storage::SimDisk::Op::kWrite ? fail_next_write_ : fail_next_sync_;
   if (!armed) return SQLITE_OK;
   armed = false;
+  io_error_fired_ = true;
   return op == storage::SimDisk::Op::kWrite ? SQLITE_IOERR_WRITE : SQLITE_IOERR_FSYNC;
 }
 
 absl::Status NodeDisk::Open() {
   KEEL_ASSERT(sqlite_ == nullptr);
+  io_error_fired_ = false;
   absl::StatusOr<std::unique_ptr<storage::SqliteStorage>> s = storage::SqliteStorage::Open(
       "/keel.db", {.vfs = disk_.vfs_name(),
                    .available_bytes = [this] { return disk_.free_bytes(); },

@@ -80,6 +80,8 @@ class NodeDisk {
   void Fill(uint64_t headroom) { disk_.SetCapacity(disk_.used_bytes() + headroom); }
   // Space again (an operator freed some).
   void Free() { disk_.SetCapacity(UINT64_MAX); }
+  // Whether an armed I/O error has failed an operation since the last Open.
+  bool io_error_fired() const { return io_error_fired_; }
   // Every fault off: room on the disk, no armed I/O error.
   void Heal() {
     Free();
@@ -97,6 +99,7 @@ class NodeDisk {
   bool torn_writes_;
   bool fail_next_write_ = false;
   bool fail_next_sync_ = false;
+  bool io_error_fired_ = false;
 };
 
 }  // namespace keel::sim

@@ -427,6 +427,8 @@ constexpr StepSpec kStepSpecs[] = {
     {"fail-sync", StepKind::kFailSync, "fail-sync A", true},
     {"fill-disk", StepKind::kFillDisk, "fill-disk A", true},
     {"free-disk", StepKind::kFreeDisk, "free-disk A|all", true},
+    {"crash-loop", StepKind::kCrashLoop, "crash-loop A <interval> <count>", true},
+    {"crash-in-install", StepKind::kCrashInInstall, "crash-in-install A", true},
 };
 
 struct MetricName {
@@ -438,6 +440,8 @@ constexpr MetricName kMetricNames[] = {
     {"commits", Metric::kCommits, true},    {"leader_commits", Metric::kLeaderCommits, true},
     {"leader_ms", Metric::kLeaderMs, true}, {"elections", Metric::kElections, true},
     {"acked", Metric::kAcked, false},       {"failed", Metric::kFailed, false},
+    {"reads", Metric::kReads, false},       {"snapshots", Metric::kSnapshots, true},
+    {"crashes", Metric::kCrashes, true},
 };
 
 struct CompareName {
@@ -633,11 +637,25 @@ absl::Status Parser::ParseRaft(Args args) {
 }
 
 absl::Status Parser::ParseDisk(Args args) {
-  auto pairs = ParseKeyValues(args, "disk", {"fsync"});
+  auto pairs = ParseKeyValues(args, "disk", {"fsync", "crash_in_sync", "torn"});
   if (!pairs.ok()) return pairs.status();
-  auto range = ParseDurationRange(pairs->front().second);
-  if (!range.ok()) return range.status();
-  std::tie(scenario_.disk.fsync_min, scenario_.disk.fsync_max) = *range;
+  for (const auto& [key, value] : *pairs) {
+    if (key == "fsync") {
+      auto range = ParseDurationRange(value);
+      if (!range.ok()) return range.status();
+      std::tie(scenario_.disk.fsync_min, scenario_.disk.fsync_max) = *range;
+    } else if (key == "crash_in_sync") {
+      absl::StatusOr<double> p = ParseProbability(value, key);
+      if (!p.ok()) return p.status();
+      scenario_.disk.crash_in_sync_probability = *p;
+      scenario_.disk.crash_in_vote_sync_probability = *p;
+    } else {
+      if (value != "on" && value != "off") {
+        return Invalid(absl::StrCat("torn must be on or off, not ", Quote(value)));
+      }
+      scenario_.disk.torn_writes = value == "on";
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -772,6 +790,21 @@ absl::Status Parser::ParseStepArgs(const StepSpec& spec, Args args, Step& step) 
                                                      : "swizzle interval must be > 0");
       }
       step.duration = *interval;
+      return absl::OkStatus();
+    }
+    case StepKind::kCrashLoop: {
+      absl::Status arity = CheckArity(args, 3, spec.usage);
+      if (!arity.ok()) return arity;
+      absl::StatusOr<NodeRef> a = Node(args[0]);
+      if (!a.ok()) return a.status();
+      step.a = std::move(*a);
+      absl::StatusOr<Nanos> interval = ParseDurationText(args[1]);
+      if (!interval.ok()) return interval.status();
+      if (*interval < Millis(1)) return Invalid("crash-loop interval must be >= 1ms");
+      step.duration = *interval;
+      absl::StatusOr<int> count = ParseIntInRange(args[2], "crash-loop count", 1, 10000);
+      if (!count.ok()) return count.status();
+      step.count = *count;
       return absl::OkStatus();
     }
     default:

@@ -60,6 +60,11 @@ enum class StepKind {
   kFillDisk,   // fill-disk A: A's disk fills up (a little room is left); A raises the
                // NOSPACE alarm and the cluster refuses writes, serving reads
   kFreeDisk,   // free-disk A|all: room again; the operator disarms the alarm
+  kCrashLoop,  // crash-loop A 300ms 50: crash A (resolved anew each time: `leader`
+               // strikes whoever leads) every `duration`, `count` times; each time it
+               // restarts before the next strike
+  kCrashInInstall,  // crash-in-install A: A loses power in the middle of the fsync of the
+                    // next snapshot it installs from the leader
 };
 
 struct Step {
@@ -75,6 +80,7 @@ struct Step {
                                  // kLatency names a link in a and b, or none
   Nanos offset{0};               // kSkew (>= 0: a monotonic clock never goes back)
   double value = 0;              // kLoss, kDuplicate (in [0, 1)), kDrift
+  int count = 0;                 // kCrashLoop
   std::string label;             // "as NAME": binds the node this step resolved to
 };
 
@@ -86,6 +92,9 @@ enum class Metric {
   kAcked,          // client writes acknowledged within the window (names no nodes)
   kFailed,         // client requests started within the window that did not succeed
                    // (names no nodes)
+  kReads,          // client reads answered OK within the window (names no nodes)
+  kSnapshots,      // snapshots from the leader that the nodes began to install
+  kCrashes,        // times the nodes crashed or stopped (fail-stop)
 };
 enum class Compare { kEq, kNe, kLt, kLe, kGt, kGe };
 
@@ -112,8 +121,9 @@ struct DiskSettings {
   Nanos fsync_min = std::chrono::microseconds(200);
   Nanos fsync_max = Millis(2);
   double crash_in_sync_probability = 0;  // per fsync: power loss before it completes
+                                         // (`disk crash_in_sync=P`)
   double crash_in_vote_sync_probability = 0;  // the same, for fsyncs of a new term or vote
-  bool torn_writes = true;  // a crash may tear the last write not yet durable (SQLite disk)
+  bool torn_writes = true;  // a crash may tear the last write not yet durable (`torn=on`)
 };
 
 struct WorkloadSettings {
@@ -136,7 +146,7 @@ struct Scenario {
   uint64_t snapshot_entries = 1000;     // applied entries between snapshots (etcd:
                                         // --snapshot-count); the log keeps 1/5 after one
   NetworkSettings network;              // `network latency=1ms..5ms loss=0 duplicate=0`
-  DiskSettings disk;                    // `disk fsync=200us..2ms`
+  DiskSettings disk;                    // `disk fsync=200us..2ms crash_in_sync=0 torn=on`
   WorkloadSettings workload;            // `workload clients=3 think=20ms timeout=3s reads=0.1`
   Nanos run_for{0};                     // `run 30s`, required
   std::vector<Step> steps;              // ordered by `at`, stable for equal times

@@ -96,7 +96,8 @@ struct SimNode {
   Role role = Role::kFollower;
   Nanos leader_since{0};
   LogIndex commit;
-  bool io_fault = false;  // an injected I/O error may stop this incarnation
+  bool crash_in_install = false;  // crash during the fsync of the next snapshot install
+  bool crash_next_sync = false;   // crash during the next fsync
 };
 
 using Request = ClientHistory::Request;
@@ -142,6 +143,10 @@ class Sim {
   // room again (etcdctl alarm disarm), until the run ends.
   void OperatorTick();
   bool AlarmsActive() const;
+  void CrashLoop(const NodeRef& ref, Nanos interval, int remaining);
+  // Power loss at a random point of the fsync running until `busy_until`; the node comes
+  // back soon after.
+  void CrashDuringSync(int node);
   Nanos BeginSync(int node, bool vote_changed);
   int CurrentLeader() const;
 
@@ -219,6 +224,8 @@ class Sim {
   std::vector<CommitEvent> commit_events_;
   std::vector<LeaderInterval> leader_intervals_;
   std::vector<std::pair<Nanos, int>> elections_;
+  std::vector<std::pair<Nanos, int>> crashes_;    // crashes and fail-stops
+  std::vector<std::pair<Nanos, int>> snapshots_;  // snapshot installs begun
 
   Nanos recovery_at_{0};
   Nanos progress_from_{INT64_MAX};  // the recovery window that must show progress
@@ -274,6 +281,8 @@ Sim::Sim(const Scenario& scenario, const RunOptions& options)
     };
     hooks.observe.on_install_snapshot = [this, i](const raft::Snapshot& s) {
       checker_.OnSnapshotInstalled(i, s);
+      snapshots_.emplace_back(now_, i);
+      if (std::exchange(nodes_[i].crash_in_install, false)) nodes_[i].crash_next_sync = true;
     };
     n.disk = std::make_unique<NodeDisk>(
         std::move(hooks), &rng_,
@@ -408,21 +417,38 @@ Nanos Sim::BeginSync(int node, bool vote_changed) {
   const Nanos latency(rng_.Range(scenario_.disk.fsync_min.count(), scenario_.disk.fsync_max.count()));
   n.busy_until = start + latency;
   const double p = vote_changed ? crash_in_vote_sync_probability_ : crash_in_sync_probability_;
-  if (p > 0 && rng_.Chance(p)) {
-    // Power loss while the fsync is in flight; the node comes back soon after.
-    const Nanos crash_at(rng_.Range(now_.count(), n.busy_until.count() - 1));
-    const Nanos down(rng_.Range(0, 4 * scenario_.disk.fsync_max.count()));
-    const uint64_t incarnation = n.incarnation;
-    Schedule(crash_at, [this, node, incarnation, down] {
-      if (nodes_[node].incarnation != incarnation) return;
-      Trace(absl::StrCat("n", node + 1, " crashed during fsync"));
-      CrashNode(node);
-      Schedule(now_ + down, [this, node] {
-        if (!nodes_[node].up) StartNode(node);
-      });
+  if (std::exchange(n.crash_next_sync, false) || (p > 0 && rng_.Chance(p))) CrashDuringSync(node);
+  return n.busy_until;
+}
+
+void Sim::CrashDuringSync(int node) {
+  SimNode& n = nodes_[node];
+  const Nanos crash_at(rng_.Range(now_.count(), n.busy_until.count() - 1));
+  const Nanos down(rng_.Range(0, 4 * scenario_.disk.fsync_max.count()));
+  const uint64_t incarnation = n.incarnation;
+  Schedule(crash_at, [this, node, incarnation, down] {
+    if (nodes_[node].incarnation != incarnation) return;
+    Trace(absl::StrCat("n", node + 1, " crashed during fsync"));
+    CrashNode(node);
+    Schedule(now_ + down, [this, node] {
+      if (!nodes_[node].up) StartNode(node);
+    });
+  });
+}
+
+void Sim::CrashLoop(const NodeRef& ref, Nanos interval, int remaining) {
+  if (remaining <= 0 || now_ >= scenario_.run_for) return;
+  const std::vector<int> target = Resolve(ref);
+  if (!target.empty() && nodes_[target.front()].up) {
+    const int node = target.front();
+    Trace(absl::StrCat("crash-loop: crash n", node + 1, ", ", remaining - 1, " to go"));
+    CrashNode(node);
+    const Nanos down(rng_.Range(interval.count() / 4, 3 * interval.count() / 4));
+    Schedule(now_ + down, [this, node] {
+      if (!nodes_[node].up) StartNode(node);
     });
   }
-  return n.busy_until;
+  Schedule(now_ + interval, [this, ref, interval, remaining] { CrashLoop(ref, interval, remaining - 1); });
 }
 
 void Sim::StartNode(int node) {
@@ -455,7 +481,6 @@ void Sim::StartNode(int node) {
   config.space_reserve_bytes = kDiskSpaceReserve;
   n.node = std::make_unique<server::Node>(config, *n.env, *n.state);
 
-  n.io_fault = false;
   // A full disk may keep a node from starting (its first write fails): that is the
   // fault, and the supervisor retries. Anything else is a failure to recover.
   auto cannot_start = [&](const absl::Status& st) {
@@ -488,6 +513,7 @@ void Sim::CrashNode(int node) {
   n.env.reset();
   n.timers.clear();
   n.disk->Crash();
+  crashes_.emplace_back(now_, node);
   hash_.Add(0xc4a5ULL + static_cast<uint64_t>(node));
 }
 
@@ -661,7 +687,8 @@ void Sim::ApplyStep(const Step& step) {
       step.kind != StepKind::kLoss && step.kind != StepKind::kDuplicate &&
       (step.kind != StepKind::kLatency || step.a.kind != NodeRef::Kind::kId ||
        !step.a.id.IsZero()) &&
-      step.kind != StepKind::kSwizzle && step.kind != StepKind::kChurn;
+      step.kind != StepKind::kSwizzle && step.kind != StepKind::kChurn &&
+      step.kind != StepKind::kCrashLoop;  // resolves its node anew at every strike
   if (needs_a && a.empty()) {
     Trace(absl::StrCat("step at line ", step.line, " skipped: no such node now"));
     return;
@@ -728,7 +755,6 @@ void Sim::ApplyStep(const Step& step) {
     case StepKind::kFailWrite:
     case StepKind::kFailSync:
       for (int i : a) {
-        nodes_[i].io_fault = true;
         if (step.kind == StepKind::kFailWrite) {
           nodes_[i].disk->FailNextWrite();
         } else {
@@ -745,6 +771,10 @@ void Sim::ApplyStep(const Step& step) {
       break;
     case StepKind::kFreeDisk:
       for (int i : a) nodes_[i].disk->Free();
+      break;
+    case StepKind::kCrashLoop: CrashLoop(step.a, step.duration, step.count); break;
+    case StepKind::kCrashInInstall:
+      for (int i : a) nodes_[i].crash_in_install = true;
       break;
     case StepKind::kTransfer: {
       const int leader = CurrentLeader();
@@ -931,7 +961,7 @@ void Sim::OnLog(int node, Severity severity, std::string_view name, std::string_
                        absl::string_view(fields.data(), fields.size())));
   }
   // A node whose disk was made to fail may stop over it: that is the fault at work.
-  const bool expected = name == "StorageFailed" && nodes_[node].io_fault;
+  const bool expected = name == "StorageFailed" && nodes_[node].disk->io_error_fired();
   if (severity == Severity::kError && !expected) {
     Fail(absl::StrCat("n", node + 1, " logged an error: ",
                       absl::string_view(name.data(), name.size()),
@@ -1027,6 +1057,19 @@ double Sim::Measure(const Expectation& e) {
         }
       }
       break;
+    case Metric::kReads:
+      for (const Request& r : history_.requests()) {
+        if (!r.write && r.outcome == Outcome::kOk && r.end >= e.from && r.end < e.to) {
+          total += 1;
+        }
+      }
+      break;
+    case Metric::kSnapshots:
+    case Metric::kCrashes:
+      for (const auto& [at, node] : e.metric == Metric::kSnapshots ? snapshots_ : crashes_) {
+        if (at >= e.from && at < e.to && in[node]) total += 1;
+      }
+      break;
   }
   return total;
 }
@@ -1103,6 +1146,7 @@ void Sim::RunRecoveryAndDrain() {
   for (SimNode& n : nodes_) {
     n.paused_until = std::min(n.paused_until, now_);
     n.disk->Heal();
+    n.crash_in_install = n.crash_next_sync = false;
   }
   for (int i = 0; i < scenario_.cluster; ++i) {
     if (!nodes_[i].up) StartNode(i);

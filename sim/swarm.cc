@@ -10,7 +10,8 @@ namespace {
 
 enum FaultKind {
   kPartitionFault, kIsolateLeader, kOneWay, kCrash, kPause, kSkew, kDrift, kLossBurst,
-  kSwizzleFault, kFlapFault, kTransferFault, kLeaderChurn, kAssassin, kSlowLink, kFaultKinds
+  kSwizzleFault, kFlapFault, kTransferFault, kLeaderChurn, kAssassin, kSlowLink,
+  kIoError, kDiskFull, kCrashLoopFault, kCrashInInstallFault, kFaultKinds
 };
 
 NodeRef Id(int index) { return NodeRef{NodeRef::Kind::kId, NodeId(index + 1), ""}; }
@@ -185,6 +186,32 @@ void AddFault(Rng& r, const Scenario& s, FaultKind kind, Nanos at, std::vector<S
     case kAssassin:
       step.kind = StepKind::kChurn;
       step.duration = Between(r, 2 * et, 20 * et);
+      out.push_back(step);
+      return;
+    case kIoError:
+      step.kind = r.Chance(0.5) ? StepKind::kFailWrite : StepKind::kFailSync;
+      step.a = LeaderOrAny(r, n);
+      out.push_back(step);
+      return;
+    case kDiskFull: {
+      step.kind = StepKind::kFillDisk;
+      step.a = LeaderOrAny(r, n);
+      step.label = absl::StrCat("full", out.size());
+      out.push_back(step);
+      out.push_back(Step{.at = later(Between(r, et / 2, 10 * et)), .kind = StepKind::kFreeDisk,
+                         .a = NodeRef{NodeRef::Kind::kLabel, NodeId(0), step.label}});
+      return;
+    }
+    case kCrashLoopFault:
+      step.kind = StepKind::kCrashLoop;
+      step.a = LeaderOrAny(r, n);
+      step.duration = Between(r, s.tick_interval, 2 * et);
+      step.count = static_cast<int>(r.Range(2, 20));
+      out.push_back(step);
+      return;
+    case kCrashInInstallFault:
+      step.kind = StepKind::kCrashInInstall;
+      step.a = Id(static_cast<int>(r.Uniform(n)));
       out.push_back(step);
       return;
     case kFaultKinds: break;
