@@ -310,7 +310,9 @@ absl::StatusOr<NodeRef> ParseNodeRef(absl::string_view text, int cluster, bool a
   } else if (text == "follower") {
     ref.kind = NodeRef::Kind::kFollower;
   } else if (text == "all") {
-    if (!all_allowed) return Invalid("'all' is not allowed here (only in restart and expect)");
+    if (!all_allowed) {
+      return Invalid("'all' is not allowed here (only in restart, free-disk and expect)");
+    }
     ref.kind = NodeRef::Kind::kAll;
   } else if (IsNodeIdSyntax(text)) {
     if (text.size() > 2 && text[1] == '0') {

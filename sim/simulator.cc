@@ -479,6 +479,8 @@ void Sim::StartNode(int node) {
   config.snapshot_entries = scenario_.snapshot_entries;
   config.snapshot_catchup_entries = scenario_.snapshot_entries / 5;
   config.space_reserve_bytes = kDiskSpaceReserve;
+  // Small chunks: most snapshots travel as streams, through loss and reordering.
+  config.snapshot_stream.chunk_bytes = 16 << 10;
   n.node = std::make_unique<server::Node>(config, *n.env, *n.state);
 
   // A full disk may keep a node from starting (its first write fails): that is the
@@ -625,7 +627,10 @@ void Sim::Route(int from, int to, std::string bytes) {
                                 "commit=%d reject=%d", from + 1, to + 1,
                                 std::string(raft::MessageTypeName(m->type)), m->term.value,
                                 m->index.value, m->log_term.value, m->entries.size(),
-                                m->commit.value, m->reject ? 1 : 0));
+                                m->commit.value, m->reject ? 1 : 0) +
+                (m->chunk ? absl::StrFormat(" chunk=%d+%d/%d", m->chunk->offset,
+                                            m->chunk->data.size(), m->chunk->total)
+                          : std::string()));
         }
       }
       nodes_[to].node->Receive(payload);

@@ -21,6 +21,8 @@ std::string_view MessageTypeName(MessageType t) {
     case MessageType::kReadIndexResponse: return "ReadIndexResponse";
     case MessageType::kTimeoutNow: return "TimeoutNow";
     case MessageType::kTransferLeader: return "TransferLeader";
+    case MessageType::kSnapshotChunk: return "SnapshotChunk";
+    case MessageType::kSnapshotChunkAck: return "SnapshotChunkAck";
   }
   return "?";
 }
@@ -49,6 +51,12 @@ std::string EncodeMessage(const Message& m) {
     ps->set_index(m.snapshot->index.value);
     ps->set_term(m.snapshot->term.value);
     ps->set_data(m.snapshot->data);
+  }
+  if (m.chunk) {
+    raftpb::SnapshotChunk* pc = pb.mutable_chunk();
+    pc->set_offset(m.chunk->offset);
+    pc->set_total(m.chunk->total);
+    pc->set_data(m.chunk->data);
   }
   std::string out;
   pb.SerializeToString(&out);
@@ -120,6 +128,21 @@ absl::StatusOr<Message> DecodeMessage(std::string_view bytes, const DecodeLimits
       return absl::InvalidArgumentError("snapshot without index or term");
     }
     m.snapshot = Snapshot{LogIndex(ps.index()), Term(ps.term()), ps.data()};
+  }
+  const bool chunk_kind = m.type == MessageType::kSnapshotChunk ||
+                          m.type == MessageType::kSnapshotChunkAck;
+  if (pb.has_chunk() != chunk_kind) {
+    return absl::InvalidArgumentError("snapshot chunk present iff the message is a chunk");
+  }
+  if (pb.has_chunk()) {
+    const raftpb::SnapshotChunk& pc = pb.chunk();
+    const bool ack = m.type == MessageType::kSnapshotChunkAck;
+    if (m.index.value == 0 || m.log_term.IsZero() || pc.total() == 0 ||
+        pc.total() > limits.snapshot_bytes_max || pc.offset() > pc.total() ||
+        pc.data().size() > pc.total() - pc.offset() || ack != pc.data().empty()) {
+      return absl::InvalidArgumentError("malformed snapshot chunk");
+    }
+    m.chunk = SnapshotChunk{pc.offset(), pc.total(), pc.data()};
   }
   return m;
 }

@@ -62,9 +62,23 @@ enum class MessageType : uint8_t {
   kReadIndexResponse = 12,
   kTimeoutNow = 13,       // leader -> transferee: campaign now (Raft thesis §3.10)
   kTransferLeader = 14,   // follower -> leader: please transfer to `index`'s node (term 0)
+  // Node-level, never stepped into Raft: a kSnapshot message too large for one message
+  // travels as a stream of chunks of its encoding (core/server/snapshot_stream.h).
+  // `index` and `log_term` name the snapshot; `chunk` carries the bytes.
+  kSnapshotChunk = 15,
+  kSnapshotChunkAck = 16,  // receiver -> sender: chunk.offset = bytes received so far
 };
-inline constexpr uint8_t kMessageTypeMax = 14;
+inline constexpr uint8_t kMessageTypeMax = 16;
 std::string_view MessageTypeName(MessageType t);
+
+// A piece of an encoded kSnapshot message (kSnapshotChunk), or an acknowledgement of
+// the bytes received so far (kSnapshotChunkAck: `data` empty).
+struct SnapshotChunk {
+  uint64_t offset = 0;
+  uint64_t total = 0;  // bytes of the whole encoded snapshot message
+  std::string data;
+  bool operator==(const SnapshotChunk&) const = default;
+};
 
 struct Message {
   MessageType type = MessageType::kHeartbeat;
@@ -79,6 +93,7 @@ struct Message {
   LogIndex reject_hint;
   std::string context;  // read-index request context; "transfer" marks a forced vote
   std::optional<Snapshot> snapshot;
+  std::optional<SnapshotChunk> chunk;  // kSnapshotChunk, kSnapshotChunkAck
 
   bool operator==(const Message&) const = default;
 };

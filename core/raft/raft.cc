@@ -193,6 +193,9 @@ absl::Status Raft::Step(Message m) {
   if (m.snapshot.has_value() != (m.type == MessageType::kSnapshot)) {
     return absl::InvalidArgumentError("snapshot payload on a message that is not a snapshot");
   }
+  if (m.type == MessageType::kSnapshotChunk || m.type == MessageType::kSnapshotChunkAck) {
+    return absl::InvalidArgumentError("snapshot chunks are the node's, not Raft's");
+  }
   if (!HandleTerm(m)) return absl::OkStatus();
 
   if (m.type == MessageType::kVote || m.type == MessageType::kPreVote) {

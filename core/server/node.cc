@@ -74,7 +74,12 @@ absl::Status ParseSnapshot(std::string_view data, std::set<NodeId>* alarms,
 }  // namespace
 
 Node::Node(NodeConfig config, Env& env, StateMachine& state_machine)
-    : config_(std::move(config)), env_(env), state_machine_(state_machine), log_(env.Log()) {}
+    : config_(std::move(config)),
+      env_(env),
+      state_machine_(state_machine),
+      log_(env.Log()),
+      snapshot_sender_(config_.snapshot_stream),
+      snapshot_receiver_(config_.snapshot_stream) {}
 
 Node::~Node() {
   if (tick_timer_ != 0) env_.CancelTimer(tick_timer_);
@@ -107,6 +112,8 @@ void Node::Tick() {
   if (stopped_) return;
   tick_timer_ = env_.SetTimer(config_.tick_interval, [this] { Tick(); });
   raft_->Tick();
+  SendAll(snapshot_sender_.Tick());
+  snapshot_receiver_.Tick();
   ExpireRequests();
   CheckSpace();
   ProcessReady();
@@ -137,12 +144,43 @@ void Node::Receive(std::string_view bytes) {
     log_.Warn("DroppedBadMessage").Field("id", raft_->id()).Field("reason", m.status().message());
     return;
   }
-  if (!AcceptableSnapshot(*m)) return;
-  if (absl::Status st = raft_->Step(std::move(*m)); !st.ok()) {
+  if (m->to != raft_->id()) {
+    log_.Warn("DroppedMessage").Field("id", raft_->id()).Field("reason", "addressed to another node");
+    return;
+  }
+  switch (m->type) {
+    case raft::MessageType::kSnapshotChunk: return ReceiveSnapshotChunk(*m);
+    case raft::MessageType::kSnapshotChunkAck: return SendAll(snapshot_sender_.OnAck(*m));
+    default: return StepPeerMessage(std::move(*m));
+  }
+}
+
+void Node::StepPeerMessage(raft::Message m) {
+  if (!AcceptableSnapshot(m)) return;
+  if (absl::Status st = raft_->Step(std::move(m)); !st.ok()) {
     log_.Warn("DroppedMessage").Field("id", raft_->id()).Field("reason", st.message());
     return;
   }
   ProcessReady();
+}
+
+void Node::ReceiveSnapshotChunk(const raft::Message& m) {
+  SnapshotReceiver::Result r = snapshot_receiver_.OnChunk(m, raft_->id());
+  if (r.ack) env_.Send(r.ack->to, raft::EncodeMessage(*r.ack));
+  if (!r.complete) return;
+  // The whole stream: it must be the snapshot message that the chunks announced.
+  raft::DecodeLimits limits;
+  limits.message_bytes_max = config_.snapshot_stream.snapshot_bytes_max;
+  absl::StatusOr<raft::Message> snap = raft::DecodeMessage(*r.complete, limits);
+  if (!snap.ok() || snap->type != raft::MessageType::kSnapshot || snap->from != m.from ||
+      snap->to != raft_->id() || snap->term != m.term || snap->snapshot->index != m.index ||
+      snap->snapshot->term != m.log_term) {
+    log_.Warn("DroppedBadSnapshot").Field("id", raft_->id()).Field("from", m.from)
+        .Field("reason", snap.ok() ? "the stream does not match its snapshot message"
+                                   : snap.status().message());
+    return;
+  }
+  StepPeerMessage(std::move(*snap));
 }
 
 bool Node::AcceptableSnapshot(const raft::Message& m) const {
@@ -381,7 +419,16 @@ void Node::MaybeSnapshot() {
 }
 
 void Node::SendAll(const std::vector<raft::Message>& messages) {
-  for (const raft::Message& m : messages) env_.Send(m.to, raft::EncodeMessage(m));
+  for (const raft::Message& m : messages) {
+    std::string bytes = raft::EncodeMessage(m);
+    if (m.type == raft::MessageType::kSnapshot && snapshot_sender_.NeedsStream(bytes)) {
+      for (const raft::Message& chunk : snapshot_sender_.Start(m, std::move(bytes))) {
+        env_.Send(chunk.to, raft::EncodeMessage(chunk));
+      }
+      continue;
+    }
+    env_.Send(m.to, std::move(bytes));
+  }
 }
 
 void Node::FailStop(const absl::Status& status, std::string_view what) {

@@ -40,6 +40,7 @@
 #include "absl/status/status.h"
 #include "core/raft/raft.h"
 #include "core/server/env.h"
+#include "core/server/snapshot_stream.h"
 #include "core/server/state_machine.h"
 
 namespace keel::server {
@@ -53,6 +54,7 @@ struct NodeConfig {
   size_t pending_requests_max = 10000;
   size_t request_bytes_max = 1536 * 1024;  // etcd --max-request-bytes (1.5 MiB)
   uint64_t space_reserve_bytes = 64ull << 20;  // free disk below this: NOSPACE alarm
+  SnapshotStreamConfig snapshot_stream;        // snapshots to and from peers, in chunks
 };
 
 class Node {
@@ -98,6 +100,8 @@ class Node {
   std::string WrapSnapshot(std::string state_machine_snapshot) const;
   absl::Status RestoreSnapshot(const raft::Snapshot& snapshot);
   bool AcceptableSnapshot(const raft::Message& m) const;
+  void StepPeerMessage(raft::Message m);
+  void ReceiveSnapshotChunk(const raft::Message& m);
   void MaybeSnapshot();
   void FinishReads();
   void ExpireRequests();
@@ -118,6 +122,9 @@ class Node {
   std::map<uint64_t, Pending> pending_;               // by request id
   std::deque<std::pair<Nanos, uint64_t>> deadlines_;  // FIFO: timeouts are uniform
   std::multimap<LogIndex, uint64_t> confirmed_reads_;  // read point -> request id
+
+  SnapshotSender snapshot_sender_;
+  SnapshotReceiver snapshot_receiver_;
 
   std::set<NodeId> nospace_alarms_;  // replicated: members with an active NOSPACE alarm
   Nanos next_alarm_raise_{0};         // a raise in flight is not repeated before this

@@ -44,7 +44,11 @@ absl::Status Register::Apply(LogIndex index, uint64_t request_id, std::string_vi
   applied_ = index;
   // A duplicate of a request seen before has that request's fate: applied once, or
   // rejected for good (it must not slip in after the alarm is disarmed).
-  if (!seen_.insert(request_id).second) return absl::OkStatus();
+  // The duplicate of a rejected request reports the rejection again: its client may be
+  // waiting on this copy, the first having been skipped by a snapshot install.
+  if (auto [it, inserted] = seen_.try_emplace(request_id, context.nospace); !inserted) {
+    return it->second ? NoSpaceError() : absl::OkStatus();
+  }
   if (context.nospace) {
     rejected_.push_back(request_id);
     return NoSpaceError();
@@ -73,7 +77,7 @@ std::string Register::TakeSnapshot() const {
 
 absl::Status Register::Parse(LogIndex index, std::string_view data, State* state) {
   std::vector<Value>* values = &state->values;
-  absl::btree_set<uint64_t>* seen = &state->seen;
+  absl::btree_map<uint64_t, bool>* seen = &state->seen;
   Reader r(data);
   uint64_t count = 0;
   if (!r.U64(&count)) return absl::DataLossError("register snapshot header is corrupt");
@@ -86,7 +90,7 @@ absl::Status Register::Parse(LogIndex index, std::string_view data, State* state
     }
     v.index = LogIndex(at);
     if (at == 0 || at > index.value || (!values->empty() && values->back().index >= v.index) ||
-        !seen->insert(v.request_id).second) {
+        !seen->try_emplace(v.request_id, false).second) {
       return absl::DataLossError("register snapshot values out of order or duplicated");
     }
     values->push_back(std::move(v));
@@ -96,7 +100,7 @@ absl::Status Register::Parse(LogIndex index, std::string_view data, State* state
   for (uint64_t k = 0; k < rejected; ++k) {
     uint64_t id = 0;
     if (!r.U64(&id)) return absl::DataLossError("register snapshot truncated at rejections");
-    if (!seen->insert(id).second) {
+    if (!seen->try_emplace(id, true).second) {
       return absl::DataLossError("register snapshot names a request twice");
     }
     state->rejected.push_back(id);

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/container/btree_set.h"
+#include "absl/container/btree_map.h"
 #include "core/server/state_machine.h"
 
 namespace keel::server {
@@ -47,14 +47,14 @@ class Register : public StateMachine {
  private:
   struct State {
     std::vector<Value> values;
-    absl::btree_set<uint64_t> seen;
+    absl::btree_map<uint64_t, bool> seen;
     std::vector<uint64_t> rejected;
   };
   static absl::Status Parse(LogIndex index, std::string_view data, State* state);
 
   LogIndex applied_;
   std::vector<Value> values_;
-  absl::btree_set<uint64_t> seen_;      // request ids applied or rejected
+  absl::btree_map<uint64_t, bool> seen_;  // request id -> rejected (else applied)
   std::vector<uint64_t> rejected_;     // request ids rejected under the NOSPACE alarm
   ApplyObserver observer_;
 };

@@ -445,6 +445,70 @@ TEST(ScenarioSteps, TransferNamesTheNewLeader) {
   EXPECT_EQ(step.a, Ref(NodeRef::Kind::kFollower));
 }
 
+TEST(ScenarioSteps, FailWriteAndFailSyncNameOneNode) {
+  Step write = OneStep("fail-write n2");
+  EXPECT_EQ(write.kind, StepKind::kFailWrite);
+  EXPECT_EQ(write.a, Id(2));
+  EXPECT_EQ(write.at, seconds(1));
+  EXPECT_EQ(write.line, 2);
+  EXPECT_TRUE(write.label.empty());
+  Step sync = OneStep("fail-sync leader");
+  EXPECT_EQ(sync.kind, StepKind::kFailSync);
+  EXPECT_EQ(sync.a, Ref(NodeRef::Kind::kLeader));
+}
+
+TEST(ScenarioSteps, FillDiskNamesOneNode) {
+  Step step = OneStep("fill-disk follower");
+  EXPECT_EQ(step.kind, StepKind::kFillDisk);
+  EXPECT_EQ(step.a, Ref(NodeRef::Kind::kFollower));
+}
+
+TEST(ScenarioSteps, FreeDiskTakesOneNodeOrAll) {
+  Step one = OneStep("free-disk n3");
+  EXPECT_EQ(one.kind, StepKind::kFreeDisk);
+  EXPECT_EQ(one.a, Id(3));
+  Step all = OneStep("free-disk all");
+  EXPECT_EQ(all.kind, StepKind::kFreeDisk);
+  EXPECT_EQ(all.a, Ref(NodeRef::Kind::kAll));
+}
+
+TEST(ScenarioSteps, DiskFaultStepsTakeExactlyOneNode) {
+  for (std::string_view name : {"fail-write", "fail-sync", "fill-disk", "free-disk"}) {
+    const std::string step(name);
+    EXPECT_EQ(StepError(step),
+              "x.scenario:2: missing argument (usage: " + step +
+                  (name == "free-disk" ? " A|all)" : " A)"));
+    EXPECT_THAT(StepError(step + " n1 n2"),
+                HasSubstr("x.scenario:2: unexpected 'n2' (usage: " + step));
+    EXPECT_THAT(StepError(step + " n1 5s"), HasSubstr("x.scenario:2: unexpected '5s'"));
+    EXPECT_THAT(StepError(step + " n6"), HasSubstr("x.scenario:2: node 'n6' is out of range"));
+    EXPECT_THAT(StepError(step + " {n1,n2}"), HasSubstr("x.scenario:2: expected a single node"));
+  }
+}
+
+TEST(ScenarioSteps, OnlyFreeDiskAmongTheDiskFaultsAcceptsAll) {
+  for (std::string_view step : {"fail-write all", "fail-sync all", "fill-disk all"}) {
+    EXPECT_THAT(StepError(step), HasSubstr("x.scenario:2: 'all' is not allowed here")) << step;
+  }
+  EXPECT_TRUE(Parse("run 30s\nat 1s free-disk all\n").ok());
+}
+
+TEST(ScenarioSteps, AFilledDiskIsFreedThroughTheLabelOfTheNodeThatFilled) {
+  Scenario s = ParseOk(
+      "run 30s\n"
+      "at 2s fill-disk leader as full\n"
+      "at 3s fail-sync full\n"
+      "at 9s free-disk full\n");
+  ASSERT_EQ(s.steps.size(), 3u);
+  EXPECT_EQ(s.steps[0].kind, StepKind::kFillDisk);
+  EXPECT_EQ(s.steps[0].label, "full");
+  EXPECT_EQ(s.steps[1].kind, StepKind::kFailSync);
+  EXPECT_EQ(s.steps[1].a, Label("full"));
+  EXPECT_EQ(s.steps[2].kind, StepKind::kFreeDisk);
+  EXPECT_EQ(s.steps[2].a, Label("full"));
+  EXPECT_EQ(s.steps[2].at, seconds(9));
+}
+
 TEST(ScenarioSteps, StepsAreSortedByTimeKeepingFileOrderForEqualTimes) {
   Scenario s = ParseOk(
       "run 30s\n"
@@ -488,7 +552,9 @@ TEST(ScenarioLabels, AsBindsALabelThatLaterStepsUse) {
 TEST(ScenarioLabels, EverySingleNodeStepMayBindALabel) {
   for (std::string_view step :
        {"isolate n1 as x", "crash n1 as x", "restart n1 as x", "pause n1 1s as x",
-        "skew n1 +1ms as x", "drift n1 0.1 as x", "transfer follower as x"}) {
+        "skew n1 +1ms as x", "drift n1 0.1 as x", "transfer follower as x",
+        "fail-write n1 as x", "fail-sync leader as x", "fill-disk follower as x",
+        "free-disk n2 as x"}) {
     EXPECT_EQ(OneStep(step).label, "x") << step;
   }
 }
@@ -530,6 +596,7 @@ TEST(ScenarioLabels, OnlySingleNodeStepsMayBindALabel) {
               HasSubstr("x.scenario:2: 'as' is only allowed on single-node steps, not 'cut'"));
   EXPECT_THAT(StepError("heal as x"), HasSubstr("not 'heal'"));
   EXPECT_THAT(StepError("restart all as x"), HasSubstr("'as' needs a single node, not 'all'"));
+  EXPECT_THAT(StepError("free-disk all as x"), HasSubstr("x.scenario:2: 'as' needs a single node"));
 }
 
 TEST(ScenarioLabels, ExpectationsMayUseALabelBoundByAnEarlierStep) {
@@ -702,6 +769,7 @@ TEST(ScenarioErrors, CorruptedFilesAreRejectedWithALineAndNeverCrash) {
       "at 1s partition {n1, n2} {n3,leader}\nat 2s crash leader as old\nat 3s restart old\n"
       "at 4s cut n1 -> n2\nat 5s skew n2 +3ms\nat 6s drift n3 -0.1\n"
       "at 7s flap n1 n2 1s 2s\nat 8s latency 1.5ms..2ms\nat 9s restart all\n"
+      "at 10s fill-disk n1 as full\nat 11s fail-write n2\nat 12s free-disk all\n"
       "expect commits {n1,old} 0s..30s >= 1\nexpect acked 1.5s..2s != 0 # c\n";
   ASSERT_TRUE(Parse(valid).ok());
   const auto names_a_line = ::testing::ContainsRegex("^x\\.scenario:[0-9]+: ");

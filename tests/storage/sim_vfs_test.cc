@@ -1,10 +1,18 @@
 // The simulated disk under the real SQLite and SqliteStorage: durability exactly at
-// Sync, recovery from torn writes, injected errors, and determinism.
+// Sync, recovery from torn writes, injected errors, determinism, space (capacity, used
+// bytes, SQLITE_FULL), and the planted lying fsync.
 #include "storage/sim_vfs.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sqlite3.h>
+
+#include <stdlib.h>
+
+#include <cstddef>
+#include <filesystem>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "storage/sqlite_storage.h"
@@ -24,12 +32,14 @@ std::vector<Entry> Entries(uint64_t first, uint64_t count, uint64_t term, size_t
 }
 
 struct Fixture {
-  explicit Fixture(uint64_t seed) : rng(seed) {}
+  explicit Fixture(uint64_t seed, bool planted_skip_sync = false)
+      : rng(seed), skip_sync(planted_skip_sync) {}
   Rng rng;
   Nanos now{0};
   int fail_next_sync = 0;  // an SQLite error code to fail the next sync with
   int fail_writes = 0;     // an SQLite error code to fail every write with
   Nanos fsync_latency{0};
+  bool skip_sync;          // Hooks::planted_skip_sync
   SimDisk disk{SimDisk::Hooks{
       .rng = &rng,
       .now = [this] { return now; },
@@ -39,12 +49,13 @@ struct Fixture {
         const int rc = fail_next_sync;
         fail_next_sync = SQLITE_OK;
         return rc;
-      }}};
+      },
+      .planted_skip_sync = skip_sync}};
 
-  std::unique_ptr<SqliteStorage> Open() {
+  std::unique_ptr<SqliteStorage> Open(SqliteStorage::Options options = {}) {
     disk.PowerOn();
-    absl::StatusOr<std::unique_ptr<SqliteStorage>> s =
-        SqliteStorage::Open("/node.db", {.vfs = disk.vfs_name()});
+    options.vfs = disk.vfs_name();
+    absl::StatusOr<std::unique_ptr<SqliteStorage>> s = SqliteStorage::Open("/node.db", options);
     EXPECT_TRUE(s.ok()) << s.status();
     return s.ok() ? std::move(*s) : nullptr;
   }
@@ -170,6 +181,243 @@ TEST(SimDisk, TheSameSeedWritesTheSameBytes) {
   };
   EXPECT_EQ(run(9), run(9));
   EXPECT_NE(run(9), run(10)) << "SQLite's randomness (WAL salts) must come from the seed";
+}
+
+// ---- space: capacity, used bytes, SQLITE_FULL ------------------------------------
+
+// One file opened straight through the disk's VFS, as SQLite opens it, so that a test
+// controls every byte written.
+class RawFile {
+ public:
+  RawFile(SimDisk& disk, const char* name, int extra_flags = 0)
+      : vfs_(sqlite3_vfs_find(disk.vfs_name())),
+        handle_((static_cast<size_t>(vfs_->szOsFile) + sizeof(std::max_align_t) - 1) /
+                sizeof(std::max_align_t)) {
+    int out = 0;
+    open_rc_ = vfs_->xOpen(vfs_, name, file(),
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_MAIN_DB |
+                               extra_flags,
+                           &out);
+    EXPECT_EQ(open_rc_, SQLITE_OK) << name;
+  }
+  ~RawFile() { Close(); }
+  RawFile(const RawFile&) = delete;
+  RawFile& operator=(const RawFile&) = delete;
+
+  // Writes `n` bytes of `c` at `offset`.
+  int Write(uint64_t offset, size_t n, char c = 'x') {
+    const std::string bytes(n, c);
+    return file()->pMethods->xWrite(file(), bytes.data(), static_cast<int>(n),
+                                    static_cast<sqlite3_int64>(offset));
+  }
+  int Truncate(uint64_t size) {
+    return file()->pMethods->xTruncate(file(), static_cast<sqlite3_int64>(size));
+  }
+  int Sync() { return file()->pMethods->xSync(file(), SQLITE_SYNC_NORMAL); }
+  uint64_t Size() {
+    sqlite3_int64 size = -1;
+    EXPECT_EQ(file()->pMethods->xFileSize(file(), &size), SQLITE_OK);
+    return static_cast<uint64_t>(size);
+  }
+  void Close() {
+    if (file()->pMethods != nullptr) file()->pMethods->xClose(file());
+    file()->pMethods = nullptr;
+  }
+
+ private:
+  sqlite3_file* file() { return reinterpret_cast<sqlite3_file*>(handle_.data()); }
+  sqlite3_vfs* vfs_;
+  std::vector<std::max_align_t> handle_;  // szOsFile bytes, suitably aligned
+  int open_rc_ = SQLITE_OK;
+};
+
+int DeleteFile(SimDisk& disk, const char* name) {
+  sqlite3_vfs* vfs = sqlite3_vfs_find(disk.vfs_name());
+  return vfs->xDelete(vfs, name, /*syncDir=*/0);
+}
+
+TEST(SimDiskSpace, UsedBytesIsTheSumOfTheFilesCurrentSizes) {
+  Fixture f(1);
+  EXPECT_EQ(f.disk.used_bytes(), 0u);
+  EXPECT_EQ(f.disk.capacity(), UINT64_MAX);
+  RawFile a(f.disk, "/a");
+  RawFile b(f.disk, "/b");
+  ASSERT_EQ(a.Write(0, 1000), SQLITE_OK);
+  EXPECT_EQ(f.disk.used_bytes(), 1000u);
+  ASSERT_EQ(b.Write(0, 300), SQLITE_OK);
+  EXPECT_EQ(f.disk.used_bytes(), 1300u);
+  ASSERT_EQ(a.Write(500, 100), SQLITE_OK);  // inside the file: no growth
+  EXPECT_EQ(f.disk.used_bytes(), 1300u);
+  ASSERT_EQ(a.Write(2000, 10), SQLITE_OK);  // past the end: the hole counts too
+  EXPECT_EQ(a.Size(), 2010u);
+  EXPECT_EQ(f.disk.used_bytes(), 2310u);
+  ASSERT_EQ(a.Truncate(100), SQLITE_OK);
+  EXPECT_EQ(f.disk.used_bytes(), 400u);
+  ASSERT_EQ(a.Sync(), SQLITE_OK);  // durability does not change the size
+  EXPECT_EQ(f.disk.used_bytes(), 400u);
+  EXPECT_EQ(f.disk.free_bytes(), UINT64_MAX - 400u);
+}
+
+TEST(SimDiskSpace, DeletingAFileFreesItsBytes) {
+  Fixture f(1);
+  {
+    RawFile a(f.disk, "/a");
+    RawFile b(f.disk, "/b");
+    ASSERT_EQ(a.Write(0, 1000), SQLITE_OK);
+    ASSERT_EQ(b.Write(0, 300), SQLITE_OK);
+  }
+  ASSERT_EQ(f.disk.used_bytes(), 1300u);
+  EXPECT_EQ(DeleteFile(f.disk, "/b"), SQLITE_OK);
+  EXPECT_EQ(f.disk.used_bytes(), 1000u);
+  (void)DeleteFile(f.disk, "/missing");
+  EXPECT_EQ(f.disk.used_bytes(), 1000u);
+
+  // A temporary file goes away when closed.
+  RawFile temp(f.disk, "/temp", SQLITE_OPEN_DELETEONCLOSE);
+  ASSERT_EQ(temp.Write(0, 700), SQLITE_OK);
+  EXPECT_EQ(f.disk.used_bytes(), 1700u);
+  temp.Close();
+  EXPECT_EQ(f.disk.used_bytes(), 1000u);
+}
+
+TEST(SimDiskSpace, AWriteThatWouldGrowTheFilesPastTheCapacityFailsWithSqliteFull) {
+  Fixture f(1);
+  RawFile a(f.disk, "/a");
+  RawFile b(f.disk, "/b");
+  ASSERT_EQ(a.Write(0, 1000), SQLITE_OK);
+  f.disk.SetCapacity(1500);
+  EXPECT_EQ(f.disk.capacity(), 1500u);
+  EXPECT_EQ(f.disk.free_bytes(), 500u);
+
+  EXPECT_EQ(a.Write(1000, 501), SQLITE_FULL);
+  EXPECT_EQ(a.Size(), 1000u);  // a refused write changes nothing
+  EXPECT_EQ(f.disk.used_bytes(), 1000u);
+  EXPECT_EQ(b.Write(0, 501), SQLITE_FULL);  // the capacity is the whole disk's
+  EXPECT_EQ(f.disk.used_bytes(), 1000u);
+
+  EXPECT_EQ(a.Write(1000, 500), SQLITE_OK);  // exactly full
+  EXPECT_EQ(f.disk.used_bytes(), 1500u);
+  EXPECT_EQ(f.disk.free_bytes(), 0u);
+  EXPECT_EQ(a.Write(0, 1500, 'y'), SQLITE_OK);  // overwriting needs no room
+  EXPECT_EQ(a.Write(1499, 2), SQLITE_FULL);     // one byte of growth does
+  EXPECT_EQ(b.Write(0, 1), SQLITE_FULL);
+
+  ASSERT_EQ(a.Truncate(1000), SQLITE_OK);  // shrinking frees room
+  EXPECT_EQ(f.disk.free_bytes(), 500u);
+  EXPECT_EQ(b.Write(0, 500), SQLITE_OK);
+  EXPECT_EQ(f.disk.used_bytes(), 1500u);
+}
+
+TEST(SimDiskSpace, LoweringTheCapacityBelowWhatIsUsedFailsOnlyLaterGrowth) {
+  Fixture f(1);
+  RawFile a(f.disk, "/a");
+  ASSERT_EQ(a.Write(0, 1000), SQLITE_OK);
+  f.disk.SetCapacity(100);
+  EXPECT_EQ(f.disk.used_bytes(), 1000u);
+  EXPECT_EQ(f.disk.free_bytes(), 0u);
+  EXPECT_EQ(a.Write(10, 100, 'z'), SQLITE_OK);
+  EXPECT_EQ(a.Write(1000, 1), SQLITE_FULL);
+  f.disk.SetCapacity(UINT64_MAX);
+  EXPECT_EQ(a.Write(1000, 1), SQLITE_OK);
+}
+
+TEST(SimDiskSpace, UsedBytesIsRecomputedFromTheDurableImagesAfterACrash) {
+  Fixture f(1);
+  {
+    RawFile a(f.disk, "/a");
+    RawFile b(f.disk, "/b");
+    ASSERT_EQ(a.Write(0, 1000), SQLITE_OK);
+    ASSERT_EQ(a.Sync(), SQLITE_OK);  // durable at once (no fsync latency)
+    ASSERT_EQ(a.Write(1000, 500), SQLITE_OK);  // not synced
+    ASSERT_EQ(b.Write(0, 300), SQLITE_OK);     // not synced: b stays, empty
+    ASSERT_EQ(f.disk.used_bytes(), 1800u);
+    f.disk.Crash(/*tear=*/false);
+    EXPECT_EQ(f.disk.used_bytes(), 1000u);
+  }
+  f.disk.PowerOn();
+  RawFile a(f.disk, "/a");
+  EXPECT_EQ(a.Size(), 1000u);
+  f.disk.SetCapacity(1200);  // the room the lost writes took is free again
+  EXPECT_EQ(a.Write(1000, 200), SQLITE_OK);
+  EXPECT_EQ(a.Write(1200, 1), SQLITE_FULL);
+}
+
+TEST(SimDiskSpace, AFullDiskUnderSqliteStorageIsResourceExhaustedAndLosesNoSyncedWrite) {
+  Fixture f(2);
+  auto s = f.Open();
+  ASSERT_TRUE(s->Append(Entries(1, 3, 1)).ok());
+  ASSERT_TRUE(s->SaveHardState({Term(1), NodeId(1), LogIndex(3)}).ok());
+  ASSERT_TRUE(s->Sync().ok());
+  f.disk.SetCapacity(f.disk.used_bytes());  // not one more byte
+
+  absl::Status st = s->Append(Entries(4, 200, 1, 1000));
+  if (st.ok()) st = s->Sync();
+  EXPECT_TRUE(absl::IsResourceExhausted(st)) << st;
+  EXPECT_LE(f.disk.used_bytes(), f.disk.capacity());
+  EXPECT_FALSE(s->Sync().ok()) << "fail-stop: the failed transaction is not retried";
+
+  f.disk.Crash(/*tear=*/false);
+  s.reset();
+  f.disk.SetCapacity(UINT64_MAX);
+  s = f.Open();
+  const raft::RecoveredState r = LoadOk(*s);
+  EXPECT_EQ(r.entries, Entries(1, 3, 1));
+  EXPECT_EQ(r.hard_state, (raft::HardState{Term(1), NodeId(1), LogIndex(3)}));
+}
+
+TEST(SimDiskSpace, SqliteStorageReportsTheAvailableBytesItIsGiven) {
+  Fixture f(2);
+  auto s = f.Open({.available_bytes = [&f] { return f.disk.free_bytes(); }});
+  const uint64_t used = f.disk.used_bytes();
+  ASSERT_GT(used, 0u);
+  f.disk.SetCapacity(used + 12345);
+  absl::StatusOr<uint64_t> available = s->AvailableBytes();
+  ASSERT_TRUE(available.ok()) << available.status();
+  EXPECT_EQ(*available, 12345u);
+  f.disk.SetCapacity(used);
+  EXPECT_EQ(*s->AvailableBytes(), 0u);
+}
+
+TEST(SimDiskSpace, SqliteStorageOnTheRealDiskReportsItsDirectorysFreeSpace) {
+  char dir[] = "/tmp/keel-sim-vfs-test-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  {
+    absl::StatusOr<std::unique_ptr<SqliteStorage>> s =
+        SqliteStorage::Open(std::string(dir) + "/node.db", {});
+    ASSERT_TRUE(s.ok()) << s.status();
+    absl::StatusOr<uint64_t> available = (*s)->AvailableBytes();
+    ASSERT_TRUE(available.ok()) << available.status();
+    EXPECT_GT(*available, 0u);
+    EXPECT_LT(*available, UINT64_MAX);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// ---- the planted bug: an fsync that lies ------------------------------------------
+
+// Loads what a crash at `crash_at` leaves of three entries synced at 10s.
+size_t EntriesAfterACrashAt(Nanos crash_at, bool planted_skip_sync) {
+  Fixture f(4, planted_skip_sync);
+  f.fsync_latency = Millis(5);
+  auto s = f.Open();
+  f.now = std::chrono::seconds(10);  // everything Open wrote is durable by now
+  EXPECT_TRUE(s->Append(Entries(1, 3, 1)).ok());
+  EXPECT_TRUE(s->SaveHardState({Term(1), NodeId(1), LogIndex(3)}).ok());
+  EXPECT_TRUE(s->Sync().ok());  // the lie returns OK at once, too
+  f.now = crash_at;
+  f.disk.Crash(/*tear=*/false);
+  s.reset();
+  s = f.Open();
+  return LoadOk(*s).entries.size();
+}
+
+TEST(SimDiskPlantedBugs, ASkippedSyncLosesAcknowledgedWritesToACrashWithinOneSecond) {
+  using std::chrono::seconds;
+  EXPECT_EQ(EntriesAfterACrashAt(seconds(10) + Millis(999), /*planted_skip_sync=*/true), 0u);
+  EXPECT_EQ(EntriesAfterACrashAt(seconds(11), /*planted_skip_sync=*/true), 3u);
+  // Without the bug, the same writes are durable once the 5 ms fsync completes.
+  EXPECT_EQ(EntriesAfterACrashAt(seconds(10) + Millis(5), /*planted_skip_sync=*/false), 3u);
+  EXPECT_EQ(EntriesAfterACrashAt(seconds(10) + Millis(4), /*planted_skip_sync=*/false), 0u);
 }
 
 }  // namespace

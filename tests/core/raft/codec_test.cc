@@ -75,6 +75,8 @@ TEST(RaftCodec, EveryMessageTypeRoundTrips) {
     if (m.type == MessageType::kSnapshot) {
       m.snapshot = Snapshot{.index = LogIndex(100), .term = Term(8), .data = "state bytes"};
     }
+    if (m.type == MessageType::kSnapshotChunk) m.chunk = SnapshotChunk{3, 10, "abc"};
+    if (m.type == MessageType::kSnapshotChunkAck) m.chunk = SnapshotChunk{3, 10, ""};
     const absl::StatusOr<Message> got = DecodeMessage(EncodeMessage(m));
     ASSERT_TRUE(got.ok()) << got.status();
     EXPECT_TRUE(*got == m);
@@ -119,7 +121,8 @@ TEST(RaftCodec, EveryTruncationOfAValidFrameIsAnErrorOrAValidMessage) {
 }
 
 TEST(RaftCodec, AnUnknownMessageTypeIsRejected) {
-  ASSERT_TRUE(DecodeMessage(RawFrame(kMessageTypeMax, 1, 2)).ok()) << "the frame builder works";
+  // The newest type that needs no payload: the frame builder works.
+  ASSERT_TRUE(DecodeMessage(RawFrame(static_cast<uint32_t>(MessageType::kTransferLeader), 1, 2)).ok());
   EXPECT_FALSE(DecodeMessage(RawFrame(0, 1, 2)).ok());
   EXPECT_FALSE(DecodeMessage(RawFrame(kMessageTypeMax + 1, 1, 2)).ok());
   EXPECT_FALSE(DecodeMessage(RawFrame(255, 1, 2)).ok());

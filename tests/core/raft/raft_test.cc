@@ -1359,3 +1359,157 @@ TEST(RaftSnapshot, AFollowerCaughtUpBySnapshotGetsTheNextProposalWithoutWaitingF
 
 }  // namespace
 }  // namespace keel::raft
+
+namespace keel::raft {
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Ready.must_sync (etcd's MustSync): only new entries, a snapshot, or a new term or vote
+// need an fsync; a commit index alone may ride along with the next one.
+
+// A single node, elected by Campaign() with no ticks: its first Ready holds the term,
+// the vote and the leader's no-op.
+struct LoneLeader {
+  LoneLeader() : raft(MakeConfig(1, 1), RecoveredState{}, &rng, Logger{}) {
+    raft.Campaign();
+    EXPECT_EQ(raft.role(), Role::kLeader);
+  }
+  Rng rng{1};
+  Raft raft;
+};
+
+TEST(RaftReady, TheElectionsTermVoteAndNoOpMustBeSynced) {
+  LoneLeader l;
+  ASSERT_TRUE(l.raft.HasReady());
+  const Ready rd = Drain(l.raft);
+  ASSERT_EQ(rd.entries.size(), 1u);
+  ASSERT_TRUE(rd.hard_state.has_value());
+  EXPECT_EQ(rd.hard_state->term, Term(1));
+  EXPECT_EQ(rd.hard_state->vote, N(1));
+  EXPECT_TRUE(rd.must_sync);
+}
+
+TEST(RaftReady, ACommitOnlyReadyNeedNotBeSynced) {
+  LoneLeader l;
+  Drain(l.raft);  // the election: synced
+  // The leader's own write is now durable: the no-op commits. Nothing but the commit
+  // index changed, so the Ready is persisted without a sync.
+  ASSERT_TRUE(l.raft.HasReady());
+  const Ready rd = Drain(l.raft);
+  EXPECT_TRUE(rd.entries.empty());
+  EXPECT_FALSE(rd.snapshot.has_value());
+  ASSERT_TRUE(rd.hard_state.has_value());
+  EXPECT_EQ(rd.hard_state->commit, LogIndex(1));
+  EXPECT_EQ(rd.hard_state->term, Term(1));
+  EXPECT_EQ(rd.hard_state->vote, N(1));
+  EXPECT_EQ(rd.committed_entries.size(), 1u);
+  EXPECT_TRUE(rd.MustPersist());
+  EXPECT_FALSE(rd.must_sync);
+}
+
+TEST(RaftReady, AProposalsEntryMustBeSyncedAndItsCommitNeedNot) {
+  LoneLeader l;
+  Drain(l.raft);
+  Drain(l.raft);
+  ASSERT_FALSE(l.raft.HasReady());
+
+  ASSERT_TRUE(l.raft.Propose({"x"}).ok());
+  const Ready append = Drain(l.raft);
+  ASSERT_EQ(append.entries.size(), 1u);
+  EXPECT_EQ(append.entries[0].data, "x");
+  EXPECT_FALSE(append.hard_state.has_value());  // term, vote and commit unchanged
+  EXPECT_TRUE(append.must_sync);
+
+  const Ready commit = Drain(l.raft);
+  EXPECT_TRUE(commit.entries.empty());
+  ASSERT_TRUE(commit.hard_state.has_value());
+  EXPECT_EQ(commit.hard_state->commit, LogIndex(2));
+  ASSERT_EQ(commit.committed_entries.size(), 1u);
+  EXPECT_EQ(commit.committed_entries[0].data, "x");
+  EXPECT_FALSE(commit.must_sync);
+}
+
+// Raft Figure 2: currentTerm is persistent state, even with no vote cast.
+TEST(RaftReady, ANewTermAloneMustBeSynced) {
+  Network net({.node_count = 3});
+  Message hb;
+  hb.type = MessageType::kHeartbeat;
+  hb.from = N(2);
+  hb.to = N(1);
+  hb.term = Term(3);
+  ASSERT_TRUE(net.raft(1).Step(hb).ok());
+  const Ready rd = Drain(net.raft(1));
+  ASSERT_TRUE(rd.hard_state.has_value());
+  EXPECT_EQ(rd.hard_state->term, Term(3));
+  EXPECT_EQ(rd.hard_state->vote, kNoNode);
+  EXPECT_EQ(rd.hard_state->commit, LogIndex(0));
+  EXPECT_TRUE(rd.entries.empty());
+  EXPECT_TRUE(rd.must_sync);
+}
+
+// Raft Figure 2: votedFor is persistent state; a vote in the node's current term changes
+// only the vote.
+TEST(RaftReady, ANewVoteInTheSameTermMustBeSynced) {
+  Network net({.node_count = 3, .recovered = {{2, Recovered(5, {})}}});
+  ASSERT_TRUE(net.raft(2).Step(VoteRequest(1, 2, /*term=*/5, 0, 0)).ok());
+  const Ready rd = Drain(net.raft(2));
+  ASSERT_TRUE(rd.hard_state.has_value());
+  EXPECT_EQ(rd.hard_state->term, Term(5));
+  EXPECT_EQ(rd.hard_state->vote, N(1));
+  EXPECT_TRUE(rd.entries.empty());
+  EXPECT_TRUE(rd.must_sync);
+  std::optional<Message> resp = FindMessage(rd.messages_after_persist, MessageType::kVoteResponse);
+  ASSERT_TRUE(resp.has_value());
+  EXPECT_FALSE(resp->reject);
+}
+
+TEST(RaftReady, AFollowerLearningACommitIndexFromAHeartbeatNeedNotSync) {
+  Network net({.node_count = 3,
+               .recovered = {{2, Recovered(1, {E(1, 1, "a"), E(2, 1, "b")}, /*commit=*/0)}}});
+  Message hb;
+  hb.type = MessageType::kHeartbeat;
+  hb.from = N(1);
+  hb.to = N(2);
+  hb.term = Term(1);
+  hb.commit = LogIndex(2);
+  ASSERT_TRUE(net.raft(2).Step(hb).ok());
+  const Ready rd = Drain(net.raft(2));
+  ASSERT_TRUE(rd.hard_state.has_value());
+  EXPECT_EQ(rd.hard_state->commit, LogIndex(2));
+  EXPECT_EQ(rd.hard_state->term, Term(1));
+  EXPECT_EQ(rd.committed_entries.size(), 2u);
+  EXPECT_FALSE(rd.must_sync);
+}
+
+TEST(RaftReady, AnInstalledSnapshotMustBeSynced) {
+  Network net({.node_count = 3, .recovered = {{2, Recovered(2, {})}}});
+  Message m;
+  m.type = MessageType::kSnapshot;
+  m.from = N(1);
+  m.to = N(2);
+  m.term = Term(2);  // the follower's own term: only the snapshot and the commit change
+  m.snapshot = Snapshot{.index = LogIndex(10), .term = Term(2), .data = "s"};
+  ASSERT_TRUE(net.raft(2).Step(m).ok());
+  const Ready rd = Drain(net.raft(2));
+  ASSERT_TRUE(rd.snapshot.has_value());
+  EXPECT_TRUE(rd.entries.empty());
+  ASSERT_TRUE(rd.hard_state.has_value());  // the commit index moves to the snapshot's
+  EXPECT_EQ(rd.hard_state->term, Term(2));
+  EXPECT_EQ(rd.hard_state->vote, kNoNode);
+  EXPECT_TRUE(rd.must_sync);
+}
+
+TEST(RaftReady, AReadyWithOnlyMessagesPersistsAndSyncsNothing) {
+  Network net = ElectedNetwork();
+  ASSERT_FALSE(net.raft(1).HasReady());
+  net.raft(1).Tick();  // a heartbeat round: messages, no state change
+  ASSERT_TRUE(net.raft(1).HasReady());
+  const Ready rd = Drain(net.raft(1));
+  EXPECT_FALSE(AllMessages(rd).empty());
+  EXPECT_FALSE(rd.hard_state.has_value());
+  EXPECT_FALSE(rd.MustPersist());
+  EXPECT_FALSE(rd.must_sync);
+}
+
+}  // namespace
+}  // namespace keel::raft
