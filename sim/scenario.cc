@@ -639,18 +639,22 @@ absl::Status Parser::ParseRaft(Args args) {
 }
 
 absl::Status Parser::ParseDisk(Args args) {
-  auto pairs = ParseKeyValues(args, "disk", {"fsync", "crash_in_sync", "torn"});
+  auto pairs = ParseKeyValues(args, "disk", {"fsync", "spikes", "crash_in_sync", "torn"});
   if (!pairs.ok()) return pairs.status();
   for (const auto& [key, value] : *pairs) {
     if (key == "fsync") {
       auto range = ParseDurationRange(value);
       if (!range.ok()) return range.status();
       std::tie(scenario_.disk.fsync_min, scenario_.disk.fsync_max) = *range;
-    } else if (key == "crash_in_sync") {
+    } else if (key == "crash_in_sync" || key == "spikes") {
       absl::StatusOr<double> p = ParseProbability(value, key);
       if (!p.ok()) return p.status();
-      scenario_.disk.crash_in_sync_probability = *p;
-      scenario_.disk.crash_in_vote_sync_probability = *p;
+      if (key == "spikes") {
+        scenario_.disk.fsync_spike_probability = *p;
+      } else {
+        scenario_.disk.crash_in_sync_probability = *p;
+        scenario_.disk.crash_in_vote_sync_probability = *p;
+      }
     } else {
       if (value != "on" && value != "off") {
         return Invalid(absl::StrCat("torn must be on or off, not ", Quote(value)));

@@ -120,6 +120,8 @@ struct NetworkSettings {
 struct DiskSettings {
   Nanos fsync_min = std::chrono::microseconds(200);
   Nanos fsync_max = Millis(2);
+  double fsync_spike_probability = 0.001;  // per fsync: it takes 10..100x fsync_max
+                                           // (`disk spikes=P`), as a real disk now and then
   double crash_in_sync_probability = 0;  // per fsync: power loss before it completes
                                          // (`disk crash_in_sync=P`)
   double crash_in_vote_sync_probability = 0;  // the same, for fsyncs of a new term or vote
@@ -146,7 +148,8 @@ struct Scenario {
   uint64_t snapshot_entries = 1000;     // applied entries between snapshots (etcd:
                                         // --snapshot-count); the log keeps 1/5 after one
   NetworkSettings network;              // `network latency=1ms..5ms loss=0 duplicate=0`
-  DiskSettings disk;                    // `disk fsync=200us..2ms crash_in_sync=0 torn=on`
+  DiskSettings disk;                    // `disk fsync=200us..2ms spikes=0.001
+                                        //  crash_in_sync=0 torn=on`
   WorkloadSettings workload;            // `workload clients=3 think=20ms timeout=3s reads=0.1`
   Nanos run_for{0};                     // `run 30s`, required
   std::vector<Step> steps;              // ordered by `at`, stable for equal times

@@ -204,6 +204,7 @@ class Sim {
   NetworkSettings net_;
   double crash_in_sync_probability_;
   double crash_in_vote_sync_probability_;
+  double fsync_spike_probability_;
   std::vector<std::vector<bool>> cut_;
   // Per-link latency [min, max]; a zero max means "use the network's".
   std::vector<std::vector<std::pair<Nanos, Nanos>>> link_latency_;
@@ -260,6 +261,7 @@ Sim::Sim(const Scenario& scenario, const RunOptions& options)
       net_(scenario.network),
       crash_in_sync_probability_(scenario.disk.crash_in_sync_probability),
       crash_in_vote_sync_probability_(scenario.disk.crash_in_vote_sync_probability),
+      fsync_spike_probability_(scenario.disk.fsync_spike_probability),
       cut_(scenario.cluster, std::vector<bool>(scenario.cluster, false)),
       link_latency_(scenario.cluster,
                     std::vector<std::pair<Nanos, Nanos>>(scenario.cluster, {Nanos(0), Nanos(0)})),
@@ -414,7 +416,11 @@ void Sim::CancelTimer(int node, server::TimerId id) { nodes_[node].timers.erase(
 Nanos Sim::BeginSync(int node, bool vote_changed) {
   SimNode& n = nodes_[node];
   const Nanos start = std::max(now_, n.busy_until);
-  const Nanos latency(rng_.Range(scenario_.disk.fsync_min.count(), scenario_.disk.fsync_max.count()));
+  const DiskSettings& disk = scenario_.disk;
+  Nanos latency(rng_.Range(disk.fsync_min.count(), disk.fsync_max.count()));
+  if (fsync_spike_probability_ > 0 && rng_.Chance(fsync_spike_probability_)) {
+    latency = Nanos(rng_.Range(10 * disk.fsync_max.count(), 100 * disk.fsync_max.count()));
+  }
   n.busy_until = start + latency;
   const double p = vote_changed ? crash_in_vote_sync_probability_ : crash_in_sync_probability_;
   if (std::exchange(n.crash_next_sync, false) || (p > 0 && rng_.Chance(p))) CrashDuringSync(node);
@@ -1148,6 +1154,7 @@ void Sim::RunRecoveryAndDrain() {
   for (auto& row : link_latency_) std::fill(row.begin(), row.end(), std::pair<Nanos, Nanos>{});
   crash_in_sync_probability_ = 0;
   crash_in_vote_sync_probability_ = 0;
+  fsync_spike_probability_ = 0;
   for (SimNode& n : nodes_) {
     n.paused_until = std::min(n.paused_until, now_);
     n.disk->Heal();

@@ -6,8 +6,9 @@
 //
 // A run has three phases:
 //   1. the scenario: clients issue requests while the steps inject faults, until run_for;
-//   2. recovery: every fault heals (links, loss, latency, pauses, churn; crashed nodes
-//      restart). A leader must appear within 10 election timeouts; in the next 10, no
+//   2. recovery: every fault heals (links, loss, latency, pauses, churn, disk faults and
+//      fsync spikes; crashed nodes restart; the operator disarms NOSPACE alarms). A
+//      leader must appear within 10 election timeouts; in the next 10, no
 //      request may be refused (no leader) and the cluster must make progress: a write
 //      succeeds or entries commit (under overload every client may time out);
 //   3. drain: clients stop; every pending request resolves and every node applies the

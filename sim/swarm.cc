@@ -277,6 +277,7 @@ Scenario SwarmScenario(uint64_t seed) {
   s.network.duplicate = r.Chance(0.5) ? 0 : r.Unit() * 0.05;
   s.disk.fsync_min = Between(r, std::chrono::microseconds(20), Millis(1));
   s.disk.fsync_max = s.disk.fsync_min + Between(r, Nanos(0), s.tick_interval / 4);
+  s.disk.fsync_spike_probability = r.Chance(0.5) ? 0 : r.Unit() * 0.01;
   s.disk.crash_in_sync_probability = r.Chance(0.5) ? 0 : r.Unit() * 0.01;
   s.disk.crash_in_vote_sync_probability = r.Chance(0.5) ? 0 : r.Unit() * 0.3;
   s.disk.torn_writes = r.Chance(0.5);
