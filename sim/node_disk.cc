@@ -15,7 +15,10 @@ constexpr int kWalAutocheckpointPages = 64;
 
 absl::StatusOr<raft::RecoveredState> ObservedStorage::Load() {
   absl::StatusOr<raft::RecoveredState> r = inner_.Load();
-  if (r.ok()) last_hard_state_ = r->hard_state;
+  if (r.ok()) {
+    last_hard_state_ = r->hard_state;
+    if (hooks_.on_load) hooks_.on_load(*r);
+  }
   vote_pending_ = false;
   return r;
 }

@@ -24,6 +24,7 @@ namespace keel::sim {
 class ObservedStorage : public server::Storage {
  public:
   struct Hooks {
+    std::function<void(const raft::RecoveredState&)> on_load;  // after a successful Load
     std::function<void(std::span<const raft::Entry>)> on_append;
     std::function<void(const raft::Snapshot&)> on_install_snapshot;
   };

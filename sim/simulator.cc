@@ -281,6 +281,11 @@ Sim::Sim(const Scenario& scenario, const RunOptions& options)
       const raft::Raft& r = nodes_[i].node->raft();
       checker_.OnAppend(i, r.role() == Role::kLeader, r.term(), entries);
     };
+    // The node loads its disk first thing in Start: the checkers see what it recovered.
+    hooks.observe.on_load = [this, i](const raft::RecoveredState& recovered) {
+      checker_.OnRestart(i, recovered);
+      nodes_[i].commit = recovered.hard_state.commit;
+    };
     hooks.observe.on_install_snapshot = [this, i](const raft::Snapshot& s) {
       checker_.OnSnapshotInstalled(i, s);
       snapshots_.emplace_back(now_, i);
@@ -500,10 +505,6 @@ void Sim::StartNode(int node) {
     }
   };
   if (absl::Status st = n.disk->Open(); !st.ok()) return cannot_start(st);
-  absl::StatusOr<raft::RecoveredState> recovered = n.disk->storage().Load();
-  if (!recovered.ok()) return cannot_start(recovered.status());
-  checker_.OnRestart(node, *recovered);
-  n.commit = recovered->hard_state.commit;
   if (absl::Status st = n.node->Start(); !st.ok()) return cannot_start(st);
   checker_.OnRestore(node, n.state->values());
   AfterNodeEvent(node);
