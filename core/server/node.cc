@@ -139,13 +139,25 @@ void Node::CheckSpace() {
 
 void Node::Receive(std::string_view bytes) {
   if (stopped_) return;
-  absl::StatusOr<raft::Message> m = raft::DecodeMessage(bytes);
+  raft::DecodeLimits limits;
+  limits.snapshot_bytes_max = config_.snapshot_stream.snapshot_bytes_max;
+  absl::StatusOr<raft::Message> m = raft::DecodeMessage(bytes, limits);
   if (!m.ok()) {
     log_.Warn("DroppedBadMessage").Field("id", raft_->id()).Field("reason", m.status().message());
     return;
   }
   if (m->to != raft_->id()) {
     log_.Warn("DroppedMessage").Field("id", raft_->id()).Field("reason", "addressed to another node");
+    return;
+  }
+  const bool chunk = m->type == raft::MessageType::kSnapshotChunk ||
+                     m->type == raft::MessageType::kSnapshotChunkAck;
+  if (chunk && (m->from == raft_->id() || std::find(config_.raft.voters.begin(),
+                                                    config_.raft.voters.end(),
+                                                    m->from) == config_.raft.voters.end())) {
+    // Raft drops strangers' messages; chunks bypass it, and a stranger must not be
+    // able to make this node hold streams.
+    log_.Warn("DroppedMessage").Field("id", raft_->id()).Field("reason", "chunk from a non-member");
     return;
   }
   switch (m->type) {

@@ -2,8 +2,11 @@
 // every malformed input must come back as an error, never a crash.
 
 #include "core/raft/codec.h"
+#include "tests/core/raft/raft_test_util.h"
 
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -14,11 +17,7 @@ namespace keel::raft {
 namespace {
 
 Message FullAppend() {
-  Message m;
-  m.type = MessageType::kAppend;
-  m.from = NodeId(1);
-  m.to = NodeId(2);
-  m.term = Term(7);
+  Message m = Msg(MessageType::kAppend, 1, 2, 7);
   m.log_term = Term(6);
   m.index = LogIndex(41);
   m.entries.push_back({Term(7), LogIndex(42), EntryType::kNormal, "put a=1"});
@@ -60,12 +59,8 @@ TEST(RaftCodec, AnAppendRoundTrips) {
 
 TEST(RaftCodec, EveryMessageTypeRoundTrips) {
   for (uint8_t t = 1; t <= kMessageTypeMax; ++t) {
-    Message m;
-    m.type = static_cast<MessageType>(t);
+    Message m = Msg(static_cast<MessageType>(t), 3, 1, 9);
     SCOPED_TRACE(MessageTypeName(m.type));
-    m.from = NodeId(3);
-    m.to = NodeId(1);
-    m.term = Term(9);
     m.index = LogIndex(5);
     m.log_term = Term(8);
     m.commit = LogIndex(4);
@@ -84,10 +79,7 @@ TEST(RaftCodec, EveryMessageTypeRoundTrips) {
 }
 
 TEST(RaftCodec, AForwardedProposalRoundTrips) {
-  Message m;
-  m.type = MessageType::kPropose;
-  m.from = NodeId(2);
-  m.to = NodeId(1);
+  Message m = Msg(MessageType::kPropose, 2, 1, 0);
   m.entries.push_back({Term(0), LogIndex(0), EntryType::kNormal, "a"});
   m.entries.push_back({Term(0), LogIndex(0), EntryType::kNormal, "b"});
   const absl::StatusOr<Message> got = DecodeMessage(EncodeMessage(m));
@@ -158,11 +150,7 @@ TEST(RaftCodec, ASnapshotIsAcceptedOnlyOnASnapshotMessage) {
   m.snapshot = Snapshot{.index = LogIndex(3), .term = Term(1), .data = "x"};
   EXPECT_FALSE(DecodeMessage(EncodeMessage(m)).ok());
 
-  Message s;
-  s.type = MessageType::kSnapshot;
-  s.from = NodeId(1);
-  s.to = NodeId(2);
-  s.term = Term(2);
+  const Message s = Msg(MessageType::kSnapshot, 1, 2, 2);
   EXPECT_FALSE(DecodeMessage(EncodeMessage(s)).ok()) << "a snapshot message without one";
 }
 
@@ -175,6 +163,113 @@ TEST(RaftCodec, FramesOverTheLimitsAreRejected) {
   m.context = std::string(100, 'c');
   EXPECT_FALSE(DecodeMessage(EncodeMessage(m), {.context_bytes_max = 99}).ok());
   EXPECT_TRUE(DecodeMessage(EncodeMessage(m), {.context_bytes_max = 100}).ok());
+}
+
+// ---- snapshot chunks (core/server/snapshot_stream.h) ----------------------------------
+
+// A chunk (data) or an acknowledgement (no data) of the stream of snapshot (10, term 2).
+Message ChunkMessage(MessageType type, uint64_t offset, uint64_t total, std::string data) {
+  Message m = Msg(type, 2, 1, 3);
+  m.index = LogIndex(10);
+  m.log_term = Term(2);
+  m.chunk = SnapshotChunk{offset, total, std::move(data)};
+  return m;
+}
+
+Message Chunk(uint64_t offset, uint64_t total, std::string data) {
+  return ChunkMessage(MessageType::kSnapshotChunk, offset, total, std::move(data));
+}
+
+Message ChunkAck(uint64_t offset, uint64_t total) {
+  return ChunkMessage(MessageType::kSnapshotChunkAck, offset, total, "");
+}
+
+bool Decodes(const Message& m, const DecodeLimits& limits = {}) {
+  const absl::StatusOr<Message> got = DecodeMessage(EncodeMessage(m), limits);
+  if (got.ok()) {
+    EXPECT_TRUE(*got == m) << "decoded into another message";
+  }
+  return got.ok();
+}
+
+TEST(RaftCodecChunks, ValidChunksAndAcksRoundTrip) {
+  EXPECT_TRUE(Decodes(Chunk(0, 10, "abc")));
+  EXPECT_TRUE(Decodes(Chunk(7, 10, "abc")));  // the last bytes exactly
+  EXPECT_TRUE(Decodes(Chunk(0, 3, "abc")));   // the whole stream in one chunk
+  EXPECT_TRUE(Decodes(ChunkAck(0, 10)));
+  EXPECT_TRUE(Decodes(ChunkAck(10, 10)));  // the final ack
+  EXPECT_TRUE(Decodes(Chunk(0, 4, std::string("\0\xff\0", 3) + "x")));
+}
+
+TEST(RaftCodecChunks, AChunkIsPresentIffTheMessageIsAChunkOrItsAck) {
+  Message chunk = Chunk(0, 10, "abc");
+  chunk.chunk.reset();
+  EXPECT_FALSE(Decodes(chunk));
+  Message ack = ChunkAck(3, 10);
+  ack.chunk.reset();
+  EXPECT_FALSE(Decodes(ack));
+
+  // The chunk would be valid on a chunk message: index and log_term are set.
+  Message append = ChunkMessage(MessageType::kAppend, 0, 10, "abc");
+  append.chunk.reset();
+  ASSERT_TRUE(Decodes(append));
+  append.chunk = SnapshotChunk{0, 10, "abc"};
+  EXPECT_FALSE(Decodes(append));
+  Message snapshot = ChunkMessage(MessageType::kSnapshot, 0, 10, "abc");
+  snapshot.snapshot = Snapshot{.index = LogIndex(10), .term = Term(2), .data = "state"};
+  EXPECT_FALSE(Decodes(snapshot));
+  snapshot.chunk.reset();
+  EXPECT_TRUE(Decodes(snapshot));
+}
+
+TEST(RaftCodecChunks, AChunkMustNameItsSnapshotsIndexAndTerm) {
+  for (Message m : {Chunk(0, 10, "abc"), ChunkAck(3, 10)}) {
+    SCOPED_TRACE(MessageTypeName(m.type));
+    ASSERT_TRUE(Decodes(m));
+    Message no_index = m;
+    no_index.index = LogIndex(0);
+    EXPECT_FALSE(Decodes(no_index));
+    Message no_term = m;
+    no_term.log_term = Term(0);
+    EXPECT_FALSE(Decodes(no_term));
+  }
+}
+
+TEST(RaftCodecChunks, ATotalOfZeroOrOverTheLimitIsRejected) {
+  EXPECT_FALSE(Decodes(ChunkAck(0, 0)));
+  const DecodeLimits limits{.snapshot_bytes_max = 100};
+  EXPECT_TRUE(Decodes(Chunk(0, 100, "abc"), limits));
+  EXPECT_FALSE(Decodes(Chunk(0, 101, "abc"), limits));
+  EXPECT_TRUE(Decodes(ChunkAck(0, 100), limits));
+  EXPECT_FALSE(Decodes(ChunkAck(0, 101), limits));
+  // The default limit is 8 GiB.
+  EXPECT_TRUE(Decodes(ChunkAck(0, 8ull << 30)));
+  EXPECT_FALSE(Decodes(ChunkAck(0, (8ull << 30) + 1)));
+}
+
+TEST(RaftCodecChunks, BytesPastTheTotalAreRejected) {
+  EXPECT_FALSE(Decodes(ChunkAck(11, 10)));     // offset past the end
+  EXPECT_FALSE(Decodes(Chunk(8, 10, "abc")));  // one byte past the end
+  EXPECT_FALSE(Decodes(Chunk(10, 10, "a")));   // starts at the end
+  EXPECT_FALSE(Decodes(Chunk(0, 2, "abc")));
+}
+
+// offset + data must not wrap around: a chunk near 2^64 is past any total, not before it.
+TEST(RaftCodecChunks, OffsetsNearTheTopOfTheRangeDoNotOverflow) {
+  const DecodeLimits limits{.snapshot_bytes_max = UINT64_MAX};
+  EXPECT_TRUE(Decodes(Chunk(UINT64_MAX - 3, UINT64_MAX, "abc"), limits));
+  EXPECT_FALSE(Decodes(Chunk(UINT64_MAX - 1, UINT64_MAX, "abc"), limits));
+  EXPECT_FALSE(Decodes(Chunk(UINT64_MAX, UINT64_MAX, "abc"), limits));
+  EXPECT_FALSE(Decodes(Chunk(UINT64_MAX, 10, "abc"), limits));
+  EXPECT_FALSE(Decodes(Chunk(UINT64_MAX - 1, 10, "abc"), limits));
+  EXPECT_TRUE(Decodes(ChunkAck(UINT64_MAX, UINT64_MAX), limits));
+  EXPECT_FALSE(Decodes(ChunkAck(UINT64_MAX, 10), limits));
+}
+
+TEST(RaftCodecChunks, AChunkCarriesDataAndAnAckNone) {
+  EXPECT_FALSE(Decodes(Chunk(0, 10, "")));
+  EXPECT_FALSE(Decodes(Chunk(10, 10, "")));
+  EXPECT_FALSE(Decodes(ChunkMessage(MessageType::kSnapshotChunkAck, 0, 10, "abc")));
 }
 
 }  // namespace

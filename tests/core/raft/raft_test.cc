@@ -384,13 +384,22 @@ std::optional<Message> FindMessage(const std::vector<Message>& ms, MessageType t
   return std::nullopt;
 }
 
+Message Heartbeat(uint64_t from, uint64_t to, uint64_t term, uint64_t commit = 0) {
+  Message m = Msg(MessageType::kHeartbeat, from, to, term);
+  m.commit = LogIndex(commit);
+  return m;
+}
+
+// Node 1, leader at `term`, sends node 2 the snapshot (10, term 2) holding "s".
+Message SnapshotToTwo(uint64_t term) {
+  Message m = Msg(MessageType::kSnapshot, 1, 2, term);
+  m.snapshot = Snapshot{.index = LogIndex(10), .term = Term(2), .data = "s"};
+  return m;
+}
+
 Message VoteRequest(uint64_t from, uint64_t to, uint64_t term, uint64_t last_index,
                     uint64_t last_term, MessageType type = MessageType::kVote) {
-  Message m;
-  m.type = type;
-  m.from = N(from);
-  m.to = N(to);
-  m.term = Term(term);
+  Message m = Msg(type, from, to, term);
   m.index = LogIndex(last_index);
   m.log_term = Term(last_term);
   return m;
@@ -755,11 +764,7 @@ TEST(RaftReplication, ConflictingFollowerEntriesAreTruncatedAndReplaced) {
 TEST(RaftReplication, AnAppendBelowTheFollowersCommitIsAnsweredWithItsCommitIndex) {
   Network net({.node_count = 3, .recovered = {{2, Recovered(1, EntriesWithTerms({1, 1, 1}), 3)}}});
   Raft& r = net.raft(2);
-  Message m;
-  m.type = MessageType::kAppend;
-  m.from = N(1);
-  m.to = N(2);
-  m.term = Term(1);
+  Message m = Msg(MessageType::kAppend, 1, 2, 1);
   m.index = LogIndex(1);
   m.log_term = Term(1);
   m.entries = {E(2, 1)};
@@ -883,13 +888,7 @@ TEST(RaftHeartbeat, AHeartbeatNeverAnnouncesACommitBeyondTheFollowersMatch) {
 TEST(RaftHeartbeat, AFollowerCommitsWhatAHeartbeatAnnouncesWithinItsLog) {
   Network net({.node_count = 3, .recovered = {{2, Recovered(1, EntriesWithTerms({1, 1, 1}))}}});
   Raft& r = net.raft(2);
-  Message hb;
-  hb.type = MessageType::kHeartbeat;
-  hb.from = N(1);
-  hb.to = N(2);
-  hb.term = Term(1);
-  hb.commit = LogIndex(2);
-  ASSERT_TRUE(r.Step(hb).ok());
+  ASSERT_TRUE(r.Step(Heartbeat(1, 2, /*term=*/1, /*commit=*/2)).ok());
   EXPECT_EQ(r.log().committed(), LogIndex(2));
   EXPECT_EQ(r.leader(), N(1));
   Ready rd = Drain(r);
@@ -1079,13 +1078,7 @@ TEST(RaftSnapshot, ALaggingFollowerBehindTheCompactionPointGetsASnapshotAndCatch
 
 TEST(RaftSnapshot, AFollowerInstallsASnapshotMessageInItsReady) {
   Network net({.node_count = 3});
-  Message m;
-  m.type = MessageType::kSnapshot;
-  m.from = N(1);
-  m.to = N(2);
-  m.term = Term(2);
-  m.snapshot = Snapshot{.index = LogIndex(10), .term = Term(2), .data = "s"};
-  ASSERT_TRUE(net.raft(2).Step(m).ok());
+  ASSERT_TRUE(net.raft(2).Step(SnapshotToTwo(/*term=*/2)).ok());
   Ready rd = Drain(net.raft(2));
   ASSERT_TRUE(rd.snapshot.has_value());
   EXPECT_EQ(rd.snapshot->index, LogIndex(10));
@@ -1432,12 +1425,7 @@ TEST(RaftReady, AProposalsEntryMustBeSyncedAndItsCommitNeedNot) {
 // Raft Figure 2: currentTerm is persistent state, even with no vote cast.
 TEST(RaftReady, ANewTermAloneMustBeSynced) {
   Network net({.node_count = 3});
-  Message hb;
-  hb.type = MessageType::kHeartbeat;
-  hb.from = N(2);
-  hb.to = N(1);
-  hb.term = Term(3);
-  ASSERT_TRUE(net.raft(1).Step(hb).ok());
+  ASSERT_TRUE(net.raft(1).Step(Heartbeat(2, 1, /*term=*/3)).ok());
   const Ready rd = Drain(net.raft(1));
   ASSERT_TRUE(rd.hard_state.has_value());
   EXPECT_EQ(rd.hard_state->term, Term(3));
@@ -1466,13 +1454,7 @@ TEST(RaftReady, ANewVoteInTheSameTermMustBeSynced) {
 TEST(RaftReady, AFollowerLearningACommitIndexFromAHeartbeatNeedNotSync) {
   Network net({.node_count = 3,
                .recovered = {{2, Recovered(1, {E(1, 1, "a"), E(2, 1, "b")}, /*commit=*/0)}}});
-  Message hb;
-  hb.type = MessageType::kHeartbeat;
-  hb.from = N(1);
-  hb.to = N(2);
-  hb.term = Term(1);
-  hb.commit = LogIndex(2);
-  ASSERT_TRUE(net.raft(2).Step(hb).ok());
+  ASSERT_TRUE(net.raft(2).Step(Heartbeat(1, 2, /*term=*/1, /*commit=*/2)).ok());
   const Ready rd = Drain(net.raft(2));
   ASSERT_TRUE(rd.hard_state.has_value());
   EXPECT_EQ(rd.hard_state->commit, LogIndex(2));
@@ -1483,13 +1465,8 @@ TEST(RaftReady, AFollowerLearningACommitIndexFromAHeartbeatNeedNotSync) {
 
 TEST(RaftReady, AnInstalledSnapshotMustBeSynced) {
   Network net({.node_count = 3, .recovered = {{2, Recovered(2, {})}}});
-  Message m;
-  m.type = MessageType::kSnapshot;
-  m.from = N(1);
-  m.to = N(2);
-  m.term = Term(2);  // the follower's own term: only the snapshot and the commit change
-  m.snapshot = Snapshot{.index = LogIndex(10), .term = Term(2), .data = "s"};
-  ASSERT_TRUE(net.raft(2).Step(m).ok());
+  // The follower's own term: only the snapshot and the commit change.
+  ASSERT_TRUE(net.raft(2).Step(SnapshotToTwo(/*term=*/2)).ok());
   const Ready rd = Drain(net.raft(2));
   ASSERT_TRUE(rd.snapshot.has_value());
   EXPECT_TRUE(rd.entries.empty());

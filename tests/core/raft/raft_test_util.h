@@ -13,6 +13,11 @@ inline Entry E(uint64_t index, uint64_t term, std::string data = "") {
   return Entry{.term = Term(term), .index = LogIndex(index), .data = std::move(data)};
 }
 
+// A message's header; tests fill in the rest.
+inline Message Msg(MessageType type, uint64_t from, uint64_t to, uint64_t term) {
+  return Message{.type = type, .from = NodeId(from), .to = NodeId(to), .term = Term(term)};
+}
+
 // Entries (1, terms[0]), (2, terms[1]), ...
 inline std::vector<Entry> EntriesWithTerms(const std::vector<uint64_t>& terms) {
   std::vector<Entry> out;

@@ -15,10 +15,12 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "core/raft/codec.h"
 #include "core/server/register.h"
@@ -235,13 +237,13 @@ Node::Done Capture(Outcome* out) {
   };
 }
 
+// A message's header; tests fill in the rest.
+Message PeerMessage(MessageType type, uint64_t from, uint64_t to, uint64_t term) {
+  return Message{.type = type, .from = NodeId(from), .to = NodeId(to), .term = Term(term)};
+}
+
 std::string Heartbeat(uint64_t from, uint64_t term) {
-  Message m;
-  m.type = MessageType::kHeartbeat;
-  m.from = NodeId(from);
-  m.to = NodeId(1);
-  m.term = Term(term);
-  return raft::EncodeMessage(m);
+  return raft::EncodeMessage(PeerMessage(MessageType::kHeartbeat, from, 1, term));
 }
 
 // The storage calls between two Syncs: one group commit each.
@@ -272,12 +274,41 @@ struct SingleNode {
   Node node;
 };
 
+// A node with its own Env, log sink and Register over `storage`, which outlives it: a
+// restart builds another one over the same storage. Not started.
+struct NodeOn {
+  NodeOn(MemStorage& storage, NodeConfig config, uint64_t seed = 1)
+      : env(storage, seed, &sink), node(std::move(config), env, reg) {}
+
+  // Starts the node of a single-node cluster and lets it elect itself.
+  void StartAndLead() {
+    ASSERT_TRUE(node.Start().ok());
+    env.Ticks(20);
+    ASSERT_EQ(node.raft().role(), Role::kLeader);
+  }
+
+  // Start fails for bad durable state: DataLoss, and the node stays stopped with no
+  // timer and an error logged.
+  void ExpectStartFailsWithDataLoss() {
+    EXPECT_TRUE(absl::IsDataLoss(node.Start()));
+    EXPECT_TRUE(node.stopped());
+    EXPECT_EQ(env.timer_count(), 0u);
+    EXPECT_GE(sink.CountAtLeast(Severity::kError), 1);
+  }
+
+  RecordingSink sink;
+  FakeEnv env;
+  Register reg;
+  Node node;
+};
+
 // Node 1 of a three-node cluster that has heard from no one: a follower with no leader.
 class LonelyFollower : public ::testing::Test {
  protected:
   void SetUp() override { ASSERT_TRUE(node.Start().ok()); }
   MemStorage storage;
-  FakeEnv env{storage, 1};
+  RecordingSink sink;
+  FakeEnv env{storage, 1, &sink};
   Register reg;
   Node node{Config({1, 2, 3}), env, reg};
 };
@@ -531,31 +562,18 @@ TEST(NodeRequestTimeout, PendingRequestsAreLimitedAndTheLimitIsAnError) {
 
 // ---- untrusted bytes ----------------------------------------------------------------
 
-TEST(NodeReceive, GarbageBytesChangeNothing) {
-  MemStorage storage;
-  RecordingSink sink;
-  FakeEnv env(storage, 1, &sink);
-  Register reg;
-  Node node(Config({1, 2, 3}), env, reg);
-  ASSERT_TRUE(node.Start().ok());
+using NodeReceive = LonelyFollower;
+
+TEST_F(NodeReceive, GarbageBytesChangeNothing) {
   node.Receive(Heartbeat(2, 1));
   env.sent.clear();
   storage.ops.clear();
   const raft::HardState hard_state = node.raft().CurrentHardState();
 
   std::vector<std::string> inputs = {"", "garbage", std::string(64, '\xff'), std::string(8, '\0')};
-  Message to_other;  // well-formed but for node 3
-  to_other.type = MessageType::kHeartbeat;
-  to_other.from = NodeId(2);
-  to_other.to = NodeId(3);
-  to_other.term = Term(9);
-  inputs.push_back(raft::EncodeMessage(to_other));
-  Message from_stranger;  // well-formed, higher term, from a node not in the cluster
-  from_stranger.type = MessageType::kVote;
-  from_stranger.from = NodeId(9);
-  from_stranger.to = NodeId(1);
-  from_stranger.term = Term(9);
-  inputs.push_back(raft::EncodeMessage(from_stranger));
+  // Well-formed but for node 3; well-formed, a higher term, from a node not in the cluster.
+  inputs.push_back(raft::EncodeMessage(PeerMessage(MessageType::kHeartbeat, 2, 3, 9)));
+  inputs.push_back(raft::EncodeMessage(PeerMessage(MessageType::kVote, 9, 1, 9)));
   Rng rng(7);
   for (int k = 0; k < 200; ++k) {
     std::string s(rng.Uniform(64), '\0');
@@ -655,17 +673,10 @@ TEST(NodeFailStop, RequestPendingWhenTheNodeFailStopsStillEndsAsIndeterminate) {
 TEST(NodeStart, LoadErrorLeavesTheNodeStoppedWithNoTimer) {
   MemStorage storage;
   storage.fail_load = absl::DataLossError("bad page");
-  RecordingSink sink;
-  FakeEnv env(storage, 1, &sink);
-  Register reg;
-  Node node(Config({1}), env, reg);
-
-  EXPECT_TRUE(absl::IsDataLoss(node.Start()));
-  EXPECT_TRUE(node.stopped());
-  EXPECT_EQ(env.timer_count(), 0u);
-  EXPECT_GE(sink.CountAtLeast(Severity::kError), 1);
+  NodeOn n(storage, Config({1}));
+  n.ExpectStartFailsWithDataLoss();
   Outcome out;
-  node.Propose("x", Capture(&out));
+  n.node.Propose("x", Capture(&out));
   EXPECT_TRUE(absl::IsUnavailable(out.status));
 }
 
@@ -755,29 +766,26 @@ TEST(NodeSnapshot, RestartRestoresTheRegisterFromTheSnapshotThenAppliesTheRestOf
   MemStorage storage;
   std::vector<Register::Value> before;
   {
-    FakeEnv env(storage, 1);
-    Register reg;
-    Node node(SnapshottingConfig(), env, reg);
-    ASSERT_TRUE(node.Start().ok());
-    env.Ticks(20);
-    ASSERT_EQ(node.raft().role(), Role::kLeader);
-    ProposeTwelve(node, reg);
-    before = reg.values();
+    NodeOn first(storage, SnapshottingConfig());
+    ASSERT_NO_FATAL_FAILURE(first.StartAndLead());
+    ProposeTwelve(first.node, first.reg);
+    before = first.reg.values();
   }  // the node, its Env and its Register are gone; the storage stays
   ASSERT_EQ(storage.save_snapshot_count, 2);
   ASSERT_TRUE(storage.snapshot.has_value());
   const LogIndex snapshot_index = storage.snapshot->index;
   ASSERT_EQ(snapshot_index, LogIndex(10));
 
-  FakeEnv env(storage, 2);
-  Register reg;
+  NodeOn restarted(storage, SnapshottingConfig(), /*seed=*/2);
+  FakeEnv& env = restarted.env;
+  Register& reg = restarted.reg;
+  Node& node = restarted.node;
   std::vector<Register::Value> applied_after_restore;
   size_t values_at_first_apply = 0;
   reg.SetObserver([&](const Register::Value& v) {
     if (applied_after_restore.empty()) values_at_first_apply = reg.values().size();
     applied_after_restore.push_back(v);
   });
-  Node node(SnapshottingConfig(), env, reg);
   ASSERT_TRUE(node.Start().ok());
 
   // Values through the snapshot came from Restore (no observer call); the log after it
@@ -824,11 +832,7 @@ namespace {
 // Regression (review): a peer's snapshot that the state machine cannot restore is dropped
 // before Raft adopts it; it must not fail-stop the node.
 TEST_F(LonelyFollower, ASnapshotThatDoesNotParseFromAPeerIsDroppedNotFatal) {
-  Message m;
-  m.type = MessageType::kSnapshot;
-  m.from = NodeId(2);
-  m.to = NodeId(1);
-  m.term = Term(1);
+  Message m = PeerMessage(MessageType::kSnapshot, 2, 1, 1);
   m.snapshot = raft::Snapshot{LogIndex(5), Term(1), "not a register snapshot"};
   node.Receive(raft::EncodeMessage(m));
   EXPECT_FALSE(node.stopped()) << "one bad snapshot message fail-stopped the node";
@@ -902,11 +906,7 @@ std::string NodeSnapshot(const std::vector<uint64_t>& alarms, std::string_view s
 // (or through `commit`).
 std::string AppendFromLeader(uint64_t prev, const std::vector<std::string>& data,
                              std::optional<uint64_t> commit = std::nullopt) {
-  Message m;
-  m.type = MessageType::kAppend;
-  m.from = NodeId(2);
-  m.to = NodeId(1);
-  m.term = Term(1);
+  Message m = PeerMessage(MessageType::kAppend, 2, 1, 1);
   m.index = LogIndex(prev);
   m.log_term = Term(prev == 0 ? 0 : 1);
   for (size_t k = 0; k < data.size(); ++k) {
@@ -917,11 +917,7 @@ std::string AppendFromLeader(uint64_t prev, const std::vector<std::string>& data
 }
 
 std::string SnapshotFromLeader(uint64_t index, std::string data) {
-  Message m;
-  m.type = MessageType::kSnapshot;
-  m.from = NodeId(2);
-  m.to = NodeId(1);
-  m.term = Term(1);
+  Message m = PeerMessage(MessageType::kSnapshot, 2, 1, 1);
   m.snapshot = raft::Snapshot{LogIndex(index), Term(1), std::move(data)};
   return raft::EncodeMessage(m);
 }
@@ -1069,21 +1065,17 @@ TEST(NodeNoSpace, DisarmingAnotherMembersAlarmLeavesThisOne) {
 TEST(NodeNoSpace, TheAlarmIsInTheSnapshotAndARestartRestoresIt) {
   MemStorage storage;
   {
-    FakeEnv env(storage, 1);
-    Register reg;
-    Node node(SnapshottingConfig(), env, reg);
-    ASSERT_TRUE(node.Start().ok());
-    env.Ticks(20);
-    ASSERT_EQ(node.raft().role(), Role::kLeader);
+    NodeOn first(storage, SnapshottingConfig());
+    ASSERT_NO_FATAL_FAILURE(first.StartAndLead());
     for (int k = 0; k < 3; ++k) {  // indexes 2..4, after the no-op at 1
       Outcome out;
-      node.Propose(absl::StrCat("v", k), Capture(&out));
+      first.node.Propose(absl::StrCat("v", k), Capture(&out));
       ASSERT_TRUE(out.status.ok()) << out.status;
     }
     ASSERT_EQ(storage.save_snapshot_count, 0);
     storage.available_bytes = 0;
-    env.Ticks(1);  // the alarm at index 5: applied, then the snapshot at 5
-    ASSERT_EQ(node.nospace_alarms(), std::set<NodeId>{NodeId(1)});
+    first.env.Ticks(1);  // the alarm at index 5: applied, then the snapshot at 5
+    ASSERT_EQ(first.node.nospace_alarms(), std::set<NodeId>{NodeId(1)});
   }
   ASSERT_EQ(storage.save_snapshot_count, 1);
   ASSERT_TRUE(storage.snapshot.has_value());
@@ -1094,15 +1086,15 @@ TEST(NodeNoSpace, TheAlarmIsInTheSnapshotAndARestartRestoresIt) {
   // Only the snapshot can bring the alarm back: Load drops entries at or below it.
   storage.available_bytes = UINT64_MAX;
 
-  FakeEnv env(storage, 2);
-  Register reg;
-  Node node(SnapshottingConfig(), env, reg);
+  NodeOn restarted(storage, SnapshottingConfig(), /*seed=*/2);
+  Register& reg = restarted.reg;
+  Node& node = restarted.node;
   ASSERT_TRUE(node.Start().ok());
   EXPECT_EQ(node.nospace_alarms(), std::set<NodeId>{NodeId(1)});
   ASSERT_EQ(reg.values().size(), 3u);
   EXPECT_EQ(reg.values()[2].data, "v2");
 
-  env.Ticks(20);
+  restarted.env.Ticks(20);
   ASSERT_EQ(node.raft().role(), Role::kLeader);
   Outcome refused;
   node.Propose("refused", Capture(&refused));
@@ -1179,14 +1171,7 @@ TEST_F(LonelyFollower, ARejectedWritesDuplicateIsNotAppliedAfterTheDisarm) {
   EXPECT_EQ(reg.values(), want);
 }
 
-TEST(NodeNoSpace, MalformedNodeEntriesAreLoggedAsErrorsAndSkipped) {
-  MemStorage storage;
-  RecordingSink sink;
-  FakeEnv env(storage, 1, &sink);
-  Register reg;
-  Node node(Config({1, 2, 3}), env, reg);
-  ASSERT_TRUE(node.Start().ok());
-
+TEST_F(LonelyFollower, MalformedNodeEntriesAreLoggedAsErrorsAndSkipped) {
   std::string unknown_action(1, '\x09');
   PutU64(&unknown_action, 3);
   node.Receive(AppendFromLeader(0, {
@@ -1224,11 +1209,7 @@ TEST_F(LonelyFollower, AFollowerSyncsNewEntriesButNotACommitIndexAlone) {
   storage.ops.clear();
   env.sent.clear();
 
-  Message hb;
-  hb.type = MessageType::kHeartbeat;
-  hb.from = NodeId(2);
-  hb.to = NodeId(1);
-  hb.term = Term(1);
+  Message hb = PeerMessage(MessageType::kHeartbeat, 2, 1, 1);
   hb.commit = LogIndex(2);
   node.Receive(raft::EncodeMessage(hb));
 
@@ -1303,40 +1284,34 @@ TEST_F(LonelyFollower, AMalformedNodeSnapshotFromAPeerIsDroppedNotFatal) {
 
 TEST(NodeStart, AMalformedNodeSnapshotOnDiskIsAnError) {
   const std::string state = Register().TakeSnapshot();
-  for (const std::string& data :
-       {NodeSnapshot({1, 1}, state), NodeSnapshot({1}, "garbage"), std::string("KNS1\x01")}) {
+  // A disk holding a snapshot at 3 (term 1) with `data`, committed.
+  auto disk = [](std::string data) {
     MemStorage storage;
     storage.hard_state = {Term(1), NodeId(1), LogIndex(3)};
-    storage.snapshot = raft::Snapshot{LogIndex(3), Term(1), data};
-    RecordingSink sink;
-    FakeEnv env(storage, 1, &sink);
-    Register reg;
-    Node node(Config({1}), env, reg);
-    EXPECT_TRUE(absl::IsDataLoss(node.Start()));
-    EXPECT_TRUE(node.stopped());
-    EXPECT_EQ(env.timer_count(), 0u);
-    EXPECT_EQ(node.nospace_alarms(), kNoAlarm);
-    EXPECT_GE(sink.CountAtLeast(Severity::kError), 1);
+    storage.snapshot = raft::Snapshot{LogIndex(3), Term(1), std::move(data)};
+    return storage;
+  };
+  for (const std::string& data :
+       {NodeSnapshot({1, 1}, state), NodeSnapshot({1}, "garbage"), std::string("KNS1\x01")}) {
+    MemStorage storage = disk(data);
+    NodeOn n(storage, Config({1}));
+    n.ExpectStartFailsWithDataLoss();
+    EXPECT_EQ(n.node.nospace_alarms(), kNoAlarm);
   }
   // The well-formed one starts, with its alarm.
-  MemStorage storage;
-  storage.hard_state = {Term(1), NodeId(1), LogIndex(3)};
-  storage.snapshot = raft::Snapshot{LogIndex(3), Term(1), NodeSnapshot({1}, state)};
-  FakeEnv env(storage, 1);
-  Register reg;
-  Node node(Config({1}), env, reg);
-  ASSERT_TRUE(node.Start().ok());
-  EXPECT_EQ(node.nospace_alarms(), std::set<NodeId>{NodeId(1)});
+  MemStorage storage = disk(NodeSnapshot({1}, state));
+  NodeOn n(storage, Config({1}));
+  ASSERT_TRUE(n.node.Start().ok());
+  EXPECT_EQ(n.node.nospace_alarms(), std::set<NodeId>{NodeId(1)});
 }
 
-// BUG (not fixed here; Register::Apply): a follower forwards a write; the network
+// Regression (Register::Apply, fixed): a follower forwards a write; the network
 // duplicates the forward, so the leader commits two copies. The first is rejected under
 // the alarm. The follower was behind: it skips the first copy by installing a snapshot
 // (its register remembers the request as refused), then applies the second copy.
-// Register::Apply returns OK for any duplicate, so Node reports OK to the client for a
+// Register::Apply returned OK for any duplicate, so Node reported OK to the client for a
 // write that is in no register anywhere. A duplicate of a refused request must report
 // the refusal (StateMachine::Apply: "a duplicate of a rejected command stays rejected").
-// Disabled so that the suite passes; enable it with the fix.
 TEST_F(LonelyFollower, ADuplicateOfARequestRefusedInsideASnapshotIsNotReportedAsApplied) {
   node.Receive(Heartbeat(2, 1));
   env.sent.clear();
@@ -1360,6 +1335,410 @@ TEST_F(LonelyFollower, ADuplicateOfARequestRefusedInsideASnapshotIsNotReportedAs
   EXPECT_TRUE(reg.values().empty());
   EXPECT_EQ(write.calls, 1);
   EXPECT_EQ(write.status, NoSpaceError()) << "the client was told its write was applied";
+}
+
+// ---- snapshots streamed in chunks (core/server/snapshot_stream.h) -------------------
+
+Message Decoded(std::string_view bytes) {
+  absl::StatusOr<Message> m = raft::DecodeMessage(bytes);
+  EXPECT_TRUE(m.ok()) << m.status();
+  return m.ok() ? *std::move(m) : Message();
+}
+
+// The chunks in which a peer streams `encoded`, `chunk_bytes` each, announcing
+// `header`'s snapshot: SnapshotSender's (tested in snapshot_stream_test.cc), with a window
+// that holds them all.
+std::vector<Message> ChunksOf(const Message& header, std::string encoded, size_t chunk_bytes = 16) {
+  SnapshotSender sender({.chunk_bytes = chunk_bytes, .window_chunks = 1 << 20});
+  return sender.Start(header, std::move(encoded));
+}
+
+void ReceiveAll(Node& node, const std::vector<Message>& messages) {
+  for (const Message& m : messages) node.Receive(raft::EncodeMessage(m));
+}
+
+TEST_F(LonelyFollower, AStreamedSnapshotIsInstalledOnceCompleteAndEveryChunkIsAcked) {
+  Register source;
+  ASSERT_TRUE(source.Apply(LogIndex(3), 41, "kept", {}).ok());
+  const std::string data = NodeSnapshot({3}, source.TakeSnapshot());
+  const std::string encoded = SnapshotFromLeader(5, data);
+  const std::vector<Message> chunks = ChunksOf(Decoded(encoded), encoded);
+  ASSERT_GE(chunks.size(), 3u);
+
+  for (size_t k = 0; k < chunks.size(); ++k) {
+    SCOPED_TRACE(k);
+    env.sent.clear();
+    node.Receive(raft::EncodeMessage(chunks[k]));
+    const std::vector<Message> sent = env.SentMessages();
+    ASSERT_FALSE(sent.empty());
+    Message want_ack = PeerMessage(MessageType::kSnapshotChunkAck, 1, 2, 1);
+    want_ack.index = LogIndex(5);
+    want_ack.log_term = Term(1);
+    want_ack.chunk = raft::SnapshotChunk{chunks[k].chunk->offset + chunks[k].chunk->data.size(),
+                                         encoded.size(), ""};
+    EXPECT_TRUE(sent[0] == want_ack) << "not the ack of the bytes so far";
+    if (k + 1 == chunks.size()) break;
+    EXPECT_EQ(sent.size(), 1u);
+    EXPECT_TRUE(storage.ops.empty());  // nothing before the stream is whole
+    EXPECT_EQ(node.raft().log().committed(), LogIndex(0));
+  }
+
+  EXPECT_FALSE(node.stopped());
+  EXPECT_EQ(node.raft().term(), Term(1));
+  EXPECT_EQ(node.raft().log().committed(), LogIndex(5));
+  EXPECT_EQ(reg.values(), source.values());
+  EXPECT_EQ(node.nospace_alarms(), std::set<NodeId>{NodeId(3)});
+  ASSERT_FALSE(storage.ops.empty());
+  EXPECT_EQ(storage.ops.front(), MemStorage::Op::kInstallSnapshot);
+  EXPECT_EQ(storage.ops.back(), MemStorage::Op::kSync);
+  EXPECT_EQ(storage.snapshot, (raft::Snapshot{LogIndex(5), Term(1), data}));
+  // After the last ack, Raft's answer to the snapshot message: the follower is at 5.
+  const std::vector<Message> sent = env.SentMessages();
+  ASSERT_EQ(sent.size(), 2u);
+  EXPECT_EQ(sent[1].type, MessageType::kAppendResponse);
+  EXPECT_EQ(sent[1].to, NodeId(2));
+  EXPECT_FALSE(sent[1].reject);
+  EXPECT_EQ(sent[1].index, LogIndex(5));
+  EXPECT_EQ(sink.CountAtLeast(Severity::kWarn), 0);
+}
+
+TEST_F(LonelyFollower, AStreamThatIsNotTheSnapshotMessageItAnnouncesIsDroppedWithAWarning) {
+  const Message header =
+      Decoded(SnapshotFromLeader(5, NodeSnapshot({}, Register().TakeSnapshot())));
+  auto changed = [&](const std::function<void(Message&)>& change) {
+    Message m = header;
+    change(m);
+    return raft::EncodeMessage(m);
+  };
+  struct Case {
+    const char* what;
+    std::string encoded;
+  };
+  const std::vector<Case> cases = {
+      {"another snapshot index", changed([](Message& m) { m.snapshot->index = LogIndex(6); })},
+      {"another snapshot term", changed([](Message& m) { m.snapshot->term = Term(2); })},
+      {"another leader term", changed([](Message& m) { m.term = Term(2); })},
+      {"another sender", changed([](Message& m) { m.from = NodeId(3); })},
+      {"another recipient", changed([](Message& m) { m.to = NodeId(3); })},
+      {"not a snapshot message", AppendFromLeader(0, {std::string(100, 'x')})},
+      {"not a message at all", std::string(100, '\xff')},
+  };
+  ASSERT_FALSE(raft::DecodeMessage(cases.back().encoded).ok());
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    const std::vector<Message> chunks = ChunksOf(header, c.encoded);
+    ASSERT_GE(chunks.size(), 2u);
+    env.sent.clear();
+    const int warnings = CountEvents(sink, Severity::kWarn, "DroppedBadSnapshot");
+
+    ReceiveAll(node, chunks);
+
+    EXPECT_EQ(CountEvents(sink, Severity::kWarn, "DroppedBadSnapshot"), warnings + 1);
+    // The stream itself was fine, so every chunk was acked; nothing else was said.
+    const std::vector<Message> sent = env.SentMessages();
+    ASSERT_EQ(sent.size(), chunks.size());
+    for (const Message& m : sent) EXPECT_EQ(m.type, MessageType::kSnapshotChunkAck);
+    EXPECT_EQ(sent.back().chunk->offset, c.encoded.size());
+    EXPECT_FALSE(node.stopped());
+    EXPECT_EQ(node.raft().term(), Term(0));
+    EXPECT_EQ(node.raft().log().LastIndex(), LogIndex(0));
+    EXPECT_TRUE(storage.ops.empty());
+    EXPECT_TRUE(reg.values().empty());
+  }
+  EXPECT_EQ(sink.CountAtLeast(Severity::kError), 0);
+  // The stream of the message it announces is taken: the drops were about the contents.
+  ReceiveAll(node, ChunksOf(header, raft::EncodeMessage(header)));
+  EXPECT_EQ(node.raft().log().committed(), LogIndex(5));
+}
+
+// As for a snapshot message sent whole: bytes the state machine cannot restore are
+// dropped before Raft adopts them, so a bad peer cannot stop this node.
+TEST_F(LonelyFollower, AStreamedSnapshotThatDoesNotParseIsDroppedNotFatal) {
+  const std::string encoded = SnapshotFromLeader(5, NodeSnapshot({2}, "not a register"));
+  ReceiveAll(node, ChunksOf(Decoded(encoded), encoded));
+  EXPECT_FALSE(node.stopped());
+  EXPECT_EQ(node.raft().log().committed(), LogIndex(0));
+  EXPECT_TRUE(storage.ops.empty());
+  EXPECT_EQ(node.nospace_alarms(), kNoAlarm);
+  EXPECT_EQ(CountEvents(sink, Severity::kWarn, "DroppedBadSnapshot"), 1);
+  EXPECT_EQ(sink.CountAtLeast(Severity::kError), 0);
+}
+
+TEST_F(LonelyFollower, AStreamIdleForIdleTicksMaxIsForgotten) {
+  const std::string encoded = SnapshotFromLeader(5, NodeSnapshot({}, Register().TakeSnapshot()));
+  const std::vector<Message> chunks = ChunksOf(Decoded(encoded), encoded);
+  ASSERT_GE(chunks.size(), 3u);
+  auto acks = [&] {
+    int n = 0;
+    for (const Message& m : env.SentMessages()) {
+      n += m.type == MessageType::kSnapshotChunkAck ? 1 : 0;
+    }
+    return n;
+  };
+  ReceiveAll(node, {chunks[0]});
+  env.Ticks(node.config().snapshot_stream.idle_ticks_max - 1);
+  ReceiveAll(node, {chunks[1]});
+  EXPECT_EQ(acks(), 2);  // still there
+
+  env.Ticks(node.config().snapshot_stream.idle_ticks_max);
+  env.sent.clear();
+  ReceiveAll(node, std::vector<Message>(chunks.begin() + 2, chunks.end()));
+  EXPECT_EQ(acks(), 0);  // the middle of a stream it no longer knows
+  EXPECT_EQ(node.raft().log().committed(), LogIndex(0));
+}
+
+TEST_F(LonelyFollower, ChunksAndAcksAddressedToAnotherNodeAreDropped) {
+  const std::string encoded = SnapshotFromLeader(5, NodeSnapshot({}, Register().TakeSnapshot()));
+  Message header = Decoded(encoded);
+  header.to = NodeId(3);
+  std::vector<Message> messages = ChunksOf(header, encoded);
+  Message ack = messages[0];
+  ack.type = MessageType::kSnapshotChunkAck;
+  ack.chunk->data.clear();
+  messages.push_back(ack);
+
+  ReceiveAll(node, messages);
+
+  EXPECT_TRUE(env.sent.empty());  // not even acked
+  EXPECT_EQ(CountEvents(sink, Severity::kWarn, "DroppedMessage"),
+            static_cast<int>(messages.size()));
+  EXPECT_EQ(node.raft().log().committed(), LogIndex(0));
+  EXPECT_TRUE(storage.ops.empty());
+  EXPECT_TRUE(reg.values().empty());
+}
+
+NodeConfig StreamingConfig(uint64_t id, size_t chunk_bytes) {
+  NodeConfig c = Config({1, 2, 3});
+  c.raft.id = NodeId(id);
+  c.raft.pre_vote = false;  // one vote round to elect node 1
+  c.snapshot_entries = 5;
+  c.snapshot_catchup_entries = 0;
+  c.snapshot_stream.chunk_bytes = chunk_bytes;
+  c.snapshot_stream.window_chunks = 2;
+  return c;
+}
+
+// Node 1 of {1, 2, 3}, elected at term 1 by node 2, which then acknowledges every entry;
+// node 3 has been silent. After six proposals (indexes 2..7) the leader snapshots at 7
+// and keeps no entry, so node 3 can only catch up from the snapshot.
+struct LeaderWithALaggingPeer {
+  explicit LeaderWithALaggingPeer(size_t chunk_bytes)
+      : leader(storage, StreamingConfig(1, chunk_bytes)) {}
+
+  void Prepare() {
+    Node& node = leader.node;
+    ASSERT_TRUE(node.Start().ok());
+    for (int k = 0; k < 30 && node.raft().role() != Role::kCandidate; ++k) leader.env.Ticks(1);
+    ASSERT_EQ(node.raft().term(), Term(1));
+    node.Receive(raft::EncodeMessage(PeerMessage(MessageType::kVoteResponse, 2, 1, 1)));
+    ASSERT_EQ(node.raft().role(), Role::kLeader);
+    std::vector<Outcome> outs(6);
+    for (int k = 0; k < 6; ++k) node.Propose(absl::StrCat("value-", k), Capture(&outs[k]));
+    Message ack = PeerMessage(MessageType::kAppendResponse, 2, 1, 1);
+    ack.index = node.raft().log().LastIndex();
+    ASSERT_EQ(ack.index, LogIndex(7));
+    node.Receive(raft::EncodeMessage(ack));
+    for (const Outcome& out : outs) ASSERT_TRUE(out.status.ok()) << out.status;
+    ASSERT_TRUE(storage.snapshot.has_value());
+    ASSERT_EQ(storage.snapshot->index, LogIndex(7));
+    ASSERT_EQ(node.raft().log().FirstIndex(), LogIndex(8));
+  }
+
+  // Node 3 answers a heartbeat: the leader learns it is there and sends it the snapshot.
+  std::vector<Message> NodeThreeShowsUp() {
+    leader.env.sent.clear();
+    leader.node.Receive(raft::EncodeMessage(PeerMessage(MessageType::kHeartbeatResponse, 3, 1, 1)));
+    std::vector<Message> to_three;
+    for (Message& m : leader.env.SentMessages()) {
+      if (m.to == NodeId(3)) to_three.push_back(std::move(m));
+    }
+    return to_three;
+  }
+
+  MemStorage storage;
+  NodeOn leader;
+};
+
+// Carries messages between `a` and `b` until neither has more to say to the other;
+// what they send anybody else is dropped. Returns the messages `a` sent `b`.
+std::vector<Message> Exchange(NodeOn& a, NodeOn& b) {
+  std::vector<Message> a_to_b;
+  for (int round = 0; round < 1000; ++round) {
+    bool quiet = true;
+    for (auto [from, to] : {std::pair(&a, &b), std::pair(&b, &a)}) {
+      for (auto& [dest, bytes] : std::exchange(from->env.sent, {})) {
+        if (dest != to->node.raft().id()) continue;
+        quiet = false;
+        if (from == &a) a_to_b.push_back(Decoded(bytes));
+        to->node.Receive(bytes);
+      }
+    }
+    if (quiet) return a_to_b;
+  }
+  ADD_FAILURE() << "the nodes never went quiet";
+  return a_to_b;
+}
+
+TEST(NodeSnapshotStream, ALeaderStreamsASnapshotLargerThanAChunkAndTheFollowerInstallsIt) {
+  constexpr size_t kChunkBytes = 32;
+  LeaderWithALaggingPeer l(kChunkBytes);
+  ASSERT_NO_FATAL_FAILURE(l.Prepare());
+
+  // The first window: two chunks of the snapshot message's encoding, not the message.
+  const std::vector<Message> first = l.NodeThreeShowsUp();
+  ASSERT_EQ(first.size(), 2u);
+  for (size_t k = 0; k < first.size(); ++k) {
+    EXPECT_EQ(first[k].type, MessageType::kSnapshotChunk);
+    EXPECT_EQ(first[k].from, NodeId(1));
+    EXPECT_EQ(first[k].term, Term(1));
+    EXPECT_EQ(first[k].index, LogIndex(7));  // the snapshot's index and term
+    EXPECT_EQ(first[k].log_term, Term(1));
+    ASSERT_TRUE(first[k].chunk.has_value());
+    EXPECT_EQ(first[k].chunk->offset, k * kChunkBytes);
+    EXPECT_EQ(first[k].chunk->data.size(), kChunkBytes);
+  }
+  const uint64_t total = first[0].chunk->total;
+  EXPECT_GT(total, 2 * kChunkBytes);
+
+  // Node 3, fresh, takes the stream; its acks pull the rest of it.
+  MemStorage follower_storage;
+  NodeOn follower(follower_storage, StreamingConfig(3, kChunkBytes), /*seed=*/3);
+  ASSERT_TRUE(follower.node.Start().ok());
+  l.leader.env.sent.clear();  // `first`, delivered by hand
+  ReceiveAll(follower.node, first);
+  std::vector<Message> sent = first;
+  for (Message& m : Exchange(l.leader, follower)) sent.push_back(std::move(m));
+
+  ASSERT_TRUE(follower_storage.snapshot.has_value());
+  EXPECT_EQ(follower_storage.snapshot->index, LogIndex(7));
+  EXPECT_EQ(follower_storage.snapshot->data, l.storage.snapshot->data);
+  EXPECT_EQ(std::count(follower_storage.ops.begin(), follower_storage.ops.end(),
+                       MemStorage::Op::kInstallSnapshot),
+            1);
+  EXPECT_EQ(follower.reg.values(), l.leader.reg.values());
+  EXPECT_EQ(follower.node.raft().log().committed(), LogIndex(7));
+  EXPECT_EQ(follower.node.raft().term(), Term(1));
+  EXPECT_FALSE(follower.node.stopped());
+  EXPECT_EQ(follower.sink.CountAtLeast(Severity::kWarn), 0);
+  EXPECT_EQ(l.leader.node.raft().ProgressOf(NodeId(3))->match, LogIndex(7));
+
+  // What the leader sent: each chunk once, in order, and never the snapshot message
+  // itself; the chunks make up the encoding of the snapshot message.
+  std::string joined;
+  for (const Message& m : sent) {
+    ASSERT_NE(m.type, MessageType::kSnapshot);
+    if (m.type != MessageType::kSnapshotChunk) continue;
+    EXPECT_EQ(m.chunk->offset, joined.size());
+    EXPECT_EQ(m.chunk->total, total);
+    joined += m.chunk->data;
+  }
+  EXPECT_EQ(joined.size(), total);
+  const Message snapshot = Decoded(joined);
+  EXPECT_EQ(snapshot.type, MessageType::kSnapshot);
+  EXPECT_EQ(snapshot.to, NodeId(3));
+  EXPECT_EQ(snapshot.snapshot, l.storage.snapshot);
+
+  // Delivered: the final ack ended the stream, so the resend timer finds nothing to send.
+  l.leader.env.sent.clear();
+  l.leader.env.Ticks(6);
+  for (const Message& m : l.leader.env.SentMessages()) {
+    EXPECT_NE(m.type, MessageType::kSnapshotChunk);
+  }
+}
+
+TEST(NodeSnapshotStream, ALeaderWithoutAcksResendsTheWindowAfterThreeTicks) {
+  LeaderWithALaggingPeer l(/*chunk_bytes=*/32);
+  ASSERT_NO_FATAL_FAILURE(l.Prepare());
+  const std::vector<Message> first = l.NodeThreeShowsUp();
+  ASSERT_EQ(first.size(), 2u);
+  auto chunks_sent = [&] {
+    std::vector<uint64_t> offsets;
+    for (const Message& m : l.leader.env.SentMessages()) {
+      if (m.type == MessageType::kSnapshotChunk) offsets.push_back(m.chunk->offset);
+    }
+    return offsets;
+  };
+  l.leader.env.sent.clear();
+  l.leader.env.Ticks(2);
+  EXPECT_TRUE(chunks_sent().empty());
+  l.leader.env.Ticks(1);
+  EXPECT_EQ(chunks_sent(), (std::vector<uint64_t>{0, 32}));
+}
+
+// The threshold: a snapshot message whose encoding fits in one chunk is sent whole.
+TEST(NodeSnapshotStream, ASnapshotMessageOfExactlyOneChunkIsSentWholeAndOneByteMoreStreamed) {
+  size_t encoded_bytes = 0;
+  {
+    LeaderWithALaggingPeer l(/*chunk_bytes=*/1 << 20);
+    ASSERT_NO_FATAL_FAILURE(l.Prepare());
+    const std::vector<Message> sent = l.NodeThreeShowsUp();
+    ASSERT_EQ(sent.size(), 1u);
+    ASSERT_EQ(sent[0].type, MessageType::kSnapshot);
+    EXPECT_EQ(sent[0].snapshot, l.storage.snapshot);
+    encoded_bytes = raft::EncodeMessage(sent[0]).size();
+  }
+  {
+    LeaderWithALaggingPeer l(encoded_bytes);
+    ASSERT_NO_FATAL_FAILURE(l.Prepare());
+    const std::vector<Message> sent = l.NodeThreeShowsUp();
+    ASSERT_EQ(sent.size(), 1u);
+    EXPECT_EQ(sent[0].type, MessageType::kSnapshot);
+  }
+  LeaderWithALaggingPeer l(encoded_bytes - 1);
+  ASSERT_NO_FATAL_FAILURE(l.Prepare());
+  const std::vector<Message> sent = l.NodeThreeShowsUp();
+  ASSERT_EQ(sent.size(), 2u);
+  EXPECT_EQ(sent[0].type, MessageType::kSnapshotChunk);
+  EXPECT_EQ(sent[0].chunk->data.size(), encoded_bytes - 1);
+  EXPECT_EQ(sent[1].chunk->data.size(), 1u);
+}
+
+// The first chunk of a stream from node 2 at term 1 of snapshot (5, term 1), declaring
+// `total` bytes.
+Message FirstChunk(uint64_t total) {
+  Message m = PeerMessage(MessageType::kSnapshotChunk, 2, 1, 1);
+  m.index = LogIndex(5);
+  m.log_term = Term(1);
+  m.chunk = raft::SnapshotChunk{0, total, std::string(16, 's')};
+  return m;
+}
+
+// Regression: Node::Receive once decoded chunks with the codec's default limit (8 GiB),
+// not NodeConfig::snapshot_stream.snapshot_bytes_max, so a node configured for larger
+// snapshots dropped their chunks as malformed and such a follower never caught up.
+TEST(NodeSnapshotStream, AStreamUpToTheConfiguredLimitAboveTheCodecsDefaultIsAcked) {
+  MemStorage storage;
+  NodeConfig config = Config({1, 2, 3});
+  config.snapshot_stream.snapshot_bytes_max = 16ull << 30;
+  NodeOn n(storage, config);
+  ASSERT_TRUE(n.node.Start().ok());
+  n.node.Receive(raft::EncodeMessage(FirstChunk(8ull << 30)));
+  ASSERT_EQ(n.env.sent.size(), 1u);  // the codec's own limit: acked
+
+  n.env.sent.clear();
+  n.node.Receive(raft::EncodeMessage(FirstChunk(9ull << 30)));
+
+  EXPECT_EQ(CountEvents(n.sink, Severity::kWarn, "DroppedBadMessage"), 0);
+  ASSERT_EQ(n.env.sent.size(), 1u) << "a chunk within the configured limit was not acked";
+  const absl::StatusOr<Message> ack =
+      raft::DecodeMessage(n.env.sent[0].second, {.snapshot_bytes_max = 16ull << 30});
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->type, MessageType::kSnapshotChunkAck);
+  EXPECT_EQ(ack->chunk, (raft::SnapshotChunk{16, 9ull << 30, ""}));
+}
+
+// Raft drops every message from a node that is not a voter, but chunks skip Raft: they
+// are dropped on arrival, or anyone naming many sender ids could make the node hold
+// that many streams (regression: they once were taken and acked).
+TEST_F(LonelyFollower, ChunksFromANodeOutsideTheClusterAreDroppedUnacked) {
+  node.Receive(raft::EncodeMessage(FirstChunk(1000)));
+  ASSERT_EQ(env.sent.size(), 1u);  // node 2 is a peer: acked
+
+  env.sent.clear();
+  Message from_stranger = FirstChunk(1000);
+  from_stranger.from = NodeId(9);
+  node.Receive(raft::EncodeMessage(from_stranger));
+  EXPECT_TRUE(env.sent.empty()) << "a stream from node 9 was taken and acked";
 }
 
 }  // namespace
