@@ -451,6 +451,15 @@ void Raft::HandleAppendResponse(const Message& m) {
     if (m.log_term.value > 0) {
       next_probe = log_.FindConflictByTerm(m.reject_hint, m.log_term).first;
     }
+    if (pr.state != ProgressState::kReplicate && m.index + 1 == pr.next && m.index <= pr.match) {
+      // The follower rejects the outstanding probe at an entry it acknowledged before:
+      // its disk lost acknowledged writes (an fsync that lied, a restored backup).
+      // Raft's safety rests on that never happening: say so loudly, and probe from
+      // scratch so that it can catch up rather than be probed at `match` forever.
+      logger_.Error("FollowerLostAcknowledgedEntries").Field("id", config_.id)
+          .Field("follower", m.from).Field("rejected", m.index).Field("match", pr.match);
+      pr.match = LogIndex(0);
+    }
     if (pr.MaybeDecreaseTo(m.index, next_probe)) {
       if (pr.state == ProgressState::kReplicate) pr.BecomeProbe();
       SendAppend(m.from, true);

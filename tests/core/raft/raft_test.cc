@@ -796,6 +796,34 @@ TEST(RaftReplication, FastBacktrackingSkipsALongDivergentSuffixInFewRoundTrips) 
   EXPECT_EQ(net.raft(3).log().committed(), net.raft(1).log().LastIndex());
 }
 
+// A follower whose disk lost entries it had acknowledged (an fsync that lied) rejects the
+// probe at its old match. That must not stall it forever: the leader, which logs it as an
+// error, probes from scratch and the follower catches up.
+TEST(RaftReplication, AFollowerThatLostAcknowledgedEntriesIsProbedFromScratch) {
+  Network net = ElectedNetwork();
+  ASSERT_TRUE(net.raft(1).Propose({"a", "b", "c"}).ok());
+  net.Stabilize();
+  ASSERT_EQ(net.raft(3).log().LastIndex(), net.raft(1).log().LastIndex());
+  net.Isolate(3);
+  ASSERT_TRUE(net.raft(1).Propose({"d", "e"}).ok());
+  net.Stabilize();
+  // Node 3 comes back with its term and vote but none of the entries it acknowledged.
+  Network::Node& lost = net.node(3);
+  lost.storage.entries.clear();
+  lost.storage.hard_state.commit = LogIndex(0);
+  lost.applied = LogIndex(0);
+  lost.applied_data.clear();
+  net.Restart(3);
+  net.Heal();
+  ASSERT_TRUE(net.raft(1).Propose({"f"}).ok());
+  for (int round = 0; round < 20; ++round) {
+    net.TickAll(1);
+    net.Stabilize();
+  }
+  EXPECT_EQ(LogTerms(net.raft(3)), LogTerms(net.raft(1)));
+  EXPECT_EQ(net.raft(3).log().committed(), net.raft(1).log().LastIndex());
+}
+
 TEST(RaftReplication, AFollowerThatIsFarBehindCatchesUpInFewRoundTrips) {
   std::vector<uint64_t> leader_terms = {1};
   leader_terms.insert(leader_terms.end(), 50, 3);
