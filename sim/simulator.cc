@@ -8,6 +8,7 @@
 #include "absl/container/btree_map.h"
 #include "absl/container/btree_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "core/assert.h"
 #include "core/raft/codec.h"
@@ -972,8 +973,13 @@ void Sim::OnLog(int node, Severity severity, std::string_view name, std::string_
                        absl::string_view(name.data(), name.size()),
                        absl::string_view(fields.data(), fields.size())));
   }
-  // A node whose disk was made to fail may stop over it: that is the fault at work.
-  const bool expected = name == "StorageFailed" && nodes_[node].disk->io_error_fired();
+  // A node whose disk was made to fail, or filled up, may stop over it (fail-stop, as
+  // etcd panics on ENOSPC): that is the fault at work, not a bug.
+  const bool expected =
+      name == "StorageFailed" &&
+      (nodes_[node].disk->io_error_fired() ||
+       (nodes_[node].disk->filled() &&
+        absl::StrContains(absl::string_view(fields.data(), fields.size()), "RESOURCE_EXHAUSTED")));
   if (severity == Severity::kError && !expected) {
     Fail(absl::StrCat("n", node + 1, " logged an error: ",
                       absl::string_view(name.data(), name.size()),

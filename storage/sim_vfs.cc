@@ -40,6 +40,7 @@ struct SimVfsGlue {
   static int Close(sqlite3_file* f) {
     SimFileHandle* h = Handle(f);
     if (h->delete_on_close && !Dead(f)) h->disk->Remove(*h->name);
+    if (h->delete_on_close) h->disk->delete_on_close_.erase(*h->name);
     --h->disk->open_files_;
     delete h->name;
     h->name = nullptr;
@@ -139,6 +140,7 @@ struct SimVfsGlue {
     h->epoch = disk->epoch_;
     h->name = new std::string(std::move(path));
     h->delete_on_close = (flags & SQLITE_OPEN_DELETEONCLOSE) != 0;
+    if (h->delete_on_close) disk->delete_on_close_.insert(*h->name);
     h->base.pMethods = &kIoMethods;
     ++disk->open_files_;
     if (out != nullptr) *out = flags;
@@ -245,6 +247,10 @@ void SimDisk::Crash(bool tear) {
   ++epoch_;
   powered_off_ = true;
   const Nanos now = hooks_.now();
+  // Files to be deleted on close are gone after a crash, as the OS drops an unlinked
+  // file's blocks once its last handle goes.
+  for (const std::string& name : delete_on_close_) files_.erase(name);
+  delete_on_close_.clear();
   used_bytes_ = 0;
   // The first sync still in flight: the process was blocked in it, so nothing it issued
   // afterwards happened.

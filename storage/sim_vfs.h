@@ -29,6 +29,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -126,6 +127,7 @@ class SimDisk {
   int open_files_ = 0;
   uint64_t temp_counter_ = 0;
   uint64_t used_bytes_ = 0;
+  std::set<std::string> delete_on_close_;  // open with SQLITE_OPEN_DELETEONCLOSE
   uint64_t capacity_ = UINT64_MAX;
 };
 

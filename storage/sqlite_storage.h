@@ -11,8 +11,10 @@
 // Connection: journal_mode=WAL, synchronous=FULL, locking_mode=EXCLUSIVE (one process
 // owns the file; WAL then needs no shared-memory file).
 //
-// Group commit: the first write after a Sync opens a transaction; Sync commits it. One
-// Ready = one transaction = one WAL fsync (synchronous=FULL syncs the WAL at commit).
+// Group commit: the first write after a Sync opens a transaction; Sync commits it: one
+// transaction, one WAL fsync (synchronous=FULL syncs the WAL at commit) for everything
+// staged since, which is one Ready, or several when the earlier ones changed only the
+// commit index (they need no sync of their own).
 //
 // What survives a crash, at each point:
 //   before COMMIT              nothing of the open transaction (the WAL frames written so

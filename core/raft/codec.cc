@@ -64,7 +64,8 @@ std::string EncodeMessage(const Message& m) {
 }
 
 absl::StatusOr<Message> DecodeMessage(std::string_view bytes, const DecodeLimits& limits) {
-  if (bytes.size() > limits.message_bytes_max) {
+  // Protobuf parses at most INT_MAX bytes (its sizes are ints), whatever the limits say.
+  if (bytes.size() > limits.message_bytes_max || bytes.size() > INT32_MAX) {
     return absl::InvalidArgumentError(absl::StrCat("raft message of ", bytes.size(),
                                                    " bytes exceeds the limit"));
   }

@@ -15,7 +15,7 @@ struct DecodeLimits {
   size_t message_bytes_max = 64 << 20;  // a whole frame, snapshot included
   size_t entry_count_max = 100000;
   size_t context_bytes_max = 4096;
-  uint64_t snapshot_bytes_max = 8ull << 30;  // a snapshot stream's declared total
+  uint64_t snapshot_bytes_max = 1ull << 30;  // a snapshot stream's declared total
 };
 
 std::string EncodeMessage(const Message& m);

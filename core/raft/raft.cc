@@ -452,11 +452,13 @@ void Raft::HandleAppendResponse(const Message& m) {
       next_probe = log_.FindConflictByTerm(m.reject_hint, m.log_term).first;
     }
     if (pr.state != ProgressState::kReplicate && m.index + 1 == pr.next && m.index <= pr.match) {
-      // The follower rejects the outstanding probe at an entry it acknowledged before:
-      // its disk lost acknowledged writes (an fsync that lied, a restored backup).
-      // Raft's safety rests on that never happening: say so loudly, and probe from
-      // scratch so that it can catch up rather than be probed at `match` forever.
-      logger_.Error("FollowerLostAcknowledgedEntries").Field("id", config_.id)
+      // The follower rejects the probe at an entry it acknowledged. Either the rejection
+      // is an old one, overtaken by the ack (the network reorders), or the follower's
+      // disk lost acknowledged writes (an fsync that lied, a restored backup); the two
+      // look the same. Probe from scratch: cheap if the rejection was stale, and the
+      // only way forward if the entries are gone, where probing at `match` forever
+      // would livelock.
+      logger_.Warn("FollowerRejectedAtMatch").Field("id", config_.id)
           .Field("follower", m.from).Field("rejected", m.index).Field("match", pr.match);
       pr.match = LogIndex(0);
     }

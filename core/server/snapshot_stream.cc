@@ -28,13 +28,15 @@ void SnapshotSender::Fill(Stream& s, std::vector<raft::Message>* out) const {
 
 std::vector<raft::Message> SnapshotSender::Start(const raft::Message& snapshot,
                                                  std::string encoded) {
-  // Raft asks again when a snapshot takes long (its probe timer): the same snapshot
-  // still streaming carries on rather than start over, or a slow link would never
-  // finish one. A stalled stream is dropped by Tick, and the next ask starts afresh.
+  // Raft asks again when a snapshot takes long (its probe timer), with its newest
+  // snapshot. A stream of this term that is still moving carries on, even of an older
+  // snapshot: starting over would mean a snapshot that takes longer to send than the
+  // probe timer never arrives while writes go on. The follower then catches up from the
+  // older snapshot (by entries, or by the next snapshot). A stalled stream is dropped
+  // by Tick, and the next ask starts afresh.
   if (auto it = streams_.find(snapshot.to);
       it != streams_.end() && it->second.header.term == snapshot.term &&
-      it->second.header.index == snapshot.snapshot->index &&
-      it->second.header.log_term == snapshot.snapshot->term) {
+      it->second.idle_ticks < kResendTicks) {
     return {};
   }
   Stream s;
@@ -114,7 +116,13 @@ SnapshotReceiver::Result SnapshotReceiver::OnChunk(const raft::Message& chunk, N
     // or we dropped it) is ignored until the sender gives up and Raft sends afresh.
     // An older leader's stream never replaces a newer one's.
     if (c.offset != 0 || c.total > config_.snapshot_bytes_max) return result;
-    if (it != assemblies_.end() && it->second.term > chunk.term) return result;
+    // An older leader's stream never replaces a newer one's, nor (a late duplicate of
+    // a first chunk) an older snapshot's a newer one's of the same leader.
+    if (it != assemblies_.end() &&
+        (it->second.term > chunk.term ||
+         (it->second.term == chunk.term && it->second.snapshot_index > chunk.index))) {
+      return result;
+    }
     Assembly fresh;
     fresh.term = chunk.term;
     fresh.snapshot_term = chunk.log_term;
@@ -129,13 +137,14 @@ SnapshotReceiver::Result SnapshotReceiver::OnChunk(const raft::Message& chunk, N
     // Chunks that arrived early now fit on.
     for (auto p = a.early.begin(); p != a.early.end() && p->first <= a.data.size();
          p = a.early.erase(p)) {
+      a.early_bytes -= p->second.size();
       if (p->first + p->second.size() > a.data.size()) {
         a.data.append(p->second, a.data.size() - p->first);
       }
     }
-  } else if (c.offset > a.data.size() && a.early.size() < config_.window_chunks) {
-    // Reordered: hold it (at most a window's worth) until the gap before it fills.
-    a.early.try_emplace(c.offset, c.data);
+  } else if (c.offset > a.data.size() && a.early_bytes + c.data.size() <= EarlyBytesMax()) {
+    // Reordered: hold it (at most a window's worth of bytes) until the gap fills.
+    if (a.early.try_emplace(c.offset, c.data).second) a.early_bytes += c.data.size();
   }
   // A duplicate changes nothing; the ack says where we are.
   result.ack = Ack(chunk, a, self);

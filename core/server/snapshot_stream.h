@@ -13,8 +13,13 @@
 // progress for a few ticks resends its unacknowledged window (go-back-N). A duplicate is
 // acknowledged again. Streams
 // that stay idle for `idle_ticks_max` ticks are dropped on both sides; Raft then probes
-// the follower again and sends a fresh snapshot if it still needs one. A different
-// snapshot for a peer replaces the stream in progress; the same one does not restart it.
+// the follower again and sends a fresh snapshot if it still needs one. A stream that is
+// still moving is never restarted for a newer snapshot (see SnapshotSender::Start).
+//
+// Memory: a receiver holds at most one stream per member, each at most
+// `snapshot_bytes_max` plus a window of early chunks. The whole snapshot is one protobuf
+// message, so the limit stays below protobuf's 2 GiB; larger states need their data
+// streamed on its own (the database-file snapshots of the MVCC keyspace).
 //
 // Both classes are pure: they take and return messages; Node does the I/O.
 
@@ -32,7 +37,7 @@ namespace keel::server {
 struct SnapshotStreamConfig {
   size_t chunk_bytes = 1 << 20;          // per chunk message
   size_t window_chunks = 4;              // unacknowledged chunks per stream
-  uint64_t snapshot_bytes_max = 8ull << 30;  // the largest stream a receiver accepts
+  uint64_t snapshot_bytes_max = 1ull << 30;  // the largest stream a receiver accepts
   int idle_ticks_max = 20;               // ticks without progress before a stream is dropped
 };
 
@@ -88,10 +93,12 @@ class SnapshotReceiver {
     LogIndex snapshot_index;
     uint64_t total = 0;
     std::string data;                       // the contiguous prefix received
-    std::map<uint64_t, std::string> early;  // chunks past a gap, by offset (bounded)
+    std::map<uint64_t, std::string> early;  // chunks past a gap, by offset
+    uint64_t early_bytes = 0;               // at most EarlyBytesMax()
     int idle_ticks = 0;
   };
   raft::Message Ack(const raft::Message& chunk, const Assembly& a, NodeId self) const;
+  uint64_t EarlyBytesMax() const { return config_.window_chunks * config_.chunk_bytes; }
 
   SnapshotStreamConfig config_;
   std::map<NodeId, Assembly> assemblies_;  // by sender

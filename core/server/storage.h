@@ -1,6 +1,7 @@
 #pragma once
 // Storage: the durable state of one node, as the core sees it. Writes are staged and
-// become durable together at Sync() (group commit: one Sync per Ready). A crash loses
+// become durable together at Sync() (group commit: at most one Sync per Ready; a Ready
+// that changes only the commit index stages its write for the next Sync). A crash loses
 // every write after the last completed Sync. Every error is fatal to the node
 // (fail-stop): after a failed write or sync the node must not continue, because it can
 // no longer know what it promised (fsyncgate).
@@ -23,6 +24,7 @@ class Storage {
 
   // The durable state: hard state, the latest snapshot, and the entries after it
   // (contiguous). An empty store yields the empty state. Validates what it reads.
+  // Requires: no staged writes (it is called once, at start).
   virtual absl::StatusOr<raft::RecoveredState> Load() = 0;
 
   // Drops every entry at or after entries[0].index, then appends `entries`.

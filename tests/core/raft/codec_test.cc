@@ -242,9 +242,9 @@ TEST(RaftCodecChunks, ATotalOfZeroOrOverTheLimitIsRejected) {
   EXPECT_FALSE(Decodes(Chunk(0, 101, "abc"), limits));
   EXPECT_TRUE(Decodes(ChunkAck(0, 100), limits));
   EXPECT_FALSE(Decodes(ChunkAck(0, 101), limits));
-  // The default limit is 8 GiB.
-  EXPECT_TRUE(Decodes(ChunkAck(0, 8ull << 30)));
-  EXPECT_FALSE(Decodes(ChunkAck(0, (8ull << 30) + 1)));
+  // The default limit is 1 GiB (a snapshot is one protobuf message: under 2 GiB).
+  EXPECT_TRUE(Decodes(ChunkAck(0, 1ull << 30)));
+  EXPECT_FALSE(Decodes(ChunkAck(0, (1ull << 30) + 1)));
 }
 
 TEST(RaftCodecChunks, BytesPastTheTotalAreRejected) {

@@ -797,8 +797,8 @@ TEST(RaftReplication, FastBacktrackingSkipsALongDivergentSuffixInFewRoundTrips) 
 }
 
 // A follower whose disk lost entries it had acknowledged (an fsync that lied) rejects the
-// probe at its old match. That must not stall it forever: the leader, which logs it as an
-// error, probes from scratch and the follower catches up.
+// probe at its old match. That must not stall it forever: the leader probes from scratch
+// and the follower catches up.
 TEST(RaftReplication, AFollowerThatLostAcknowledgedEntriesIsProbedFromScratch) {
   Network net = ElectedNetwork();
   ASSERT_TRUE(net.raft(1).Propose({"a", "b", "c"}).ok());
