@@ -91,6 +91,13 @@ absl::Status NodeDisk::Open() {
   return absl::OkStatus();
 }
 
+void NodeDisk::Kill() {
+  disk_.ProcessExit();
+  observed_.reset();
+  sqlite_.reset();
+  disk_.PowerOn();
+}
+
 void NodeDisk::Crash() {
   disk_.Crash(torn_writes_);
   observed_.reset();

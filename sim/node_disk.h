@@ -73,6 +73,8 @@ class NodeDisk {
   server::Storage& storage() { return *observed_; }
   // Power loss at the simulator's now: what was not durable is gone; the store closes.
   void Crash();
+  // The process is killed: the store closes, what it wrote stays in the page cache.
+  void Kill();
 
   // Faults. The next write (or sync) fails with an I/O error.
   void FailNextWrite() { fail_next_write_ = true; }

@@ -413,6 +413,7 @@ constexpr StepSpec kStepSpecs[] = {
     {"restore", StepKind::kRestore, "restore A B | restore A -> B", false},
     {"heal", StepKind::kHeal, "heal", false},
     {"crash", StepKind::kCrash, "crash A", true},
+    {"kill", StepKind::kKill, "kill A", true},
     {"restart", StepKind::kRestart, "restart A|all", true},
     {"pause", StepKind::kPause, "pause A <duration>", true},
     {"skew", StepKind::kSkew, "skew A [+]<duration>", true},
@@ -818,7 +819,7 @@ absl::Status Parser::ParseStepArgs(const StepSpec& spec, Args args, Step& step) 
   }
 }
 
-// isolate, crash, restart, transfer, fail-write, fail-sync, fill-disk, free-disk (A),
+// isolate, crash, kill, restart, transfer, fail-write, fail-sync, fill-disk, free-disk (A),
 // pause (A duration), skew (A offset), drift (A rate).
 absl::Status Parser::ParseNodeStep(const StepSpec& spec, Args args, Step& step) const {
   const bool has_value = spec.kind == StepKind::kPause || spec.kind == StepKind::kSkew ||

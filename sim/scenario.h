@@ -38,7 +38,9 @@ enum class StepKind {
   kCut,        // cut A B (both ways) | cut A -> B (one way)
   kRestore,    // restore A B | restore A -> B
   kHeal,       // heal: every link restored
-  kCrash,      // crash A: volatile state and unsynced writes lost
+  kCrash,      // crash A: power loss; volatile state and unsynced writes lost
+  kKill,       // kill A: the process is killed; what it wrote, synced or not, survives
+               // in the page cache (until a power loss)
   kRestart,    // restart A (A may be `all`: every crashed node)
   kPause,      // pause A 800ms: a GC pause, nothing processed, timers fire late
   kSkew,       // skew A +300ms: A's clock jumps forward

@@ -136,7 +136,8 @@ class Sim {
 
   // Nodes.
   void StartNode(int node);
-  void CrashNode(int node);
+  // Power loss (the default), or the process killed with its page cache intact.
+  void CrashNode(int node, bool power_loss = true);
   // The node stopped itself (fail-stop after a storage error): the process exits and a
   // supervisor starts it again a little later.
   void RestartLater(int node, std::string_view why);
@@ -495,11 +496,12 @@ void Sim::StartNode(int node) {
   config.snapshot_stream.chunk_bytes = 16 << 10;
   n.node = std::make_unique<server::Node>(config, *n.env, *n.state);
 
-  // A full disk may keep a node from starting (its first write fails): that is the
-  // fault, and the supervisor retries. Anything else is a failure to recover.
+  // A full disk or an injected I/O error may keep a node from starting (a write or the
+  // open's sync fails): that is the fault, and the supervisor retries. Anything else is
+  // a failure to recover.
   auto cannot_start = [&](const absl::Status& st) {
-    if (absl::IsResourceExhausted(st) && n.disk->filled()) {
-      RestartLater(node, "could not start on a full disk");
+    if ((absl::IsResourceExhausted(st) && n.disk->filled()) || n.disk->io_error_fired()) {
+      RestartLater(node, "could not start on a failing disk");
     } else {
       Fail(absl::StrCat("n", node + 1, " cannot recover its disk: ", st.ToString()));
       CrashNode(node);
@@ -511,7 +513,7 @@ void Sim::StartNode(int node) {
   AfterNodeEvent(node);
 }
 
-void Sim::CrashNode(int node) {
+void Sim::CrashNode(int node, bool power_loss) {
   SimNode& n = nodes_[node];
   if (!n.up) return;
   if (n.role == Role::kLeader) leader_intervals_.push_back({node, n.leader_since, now_});
@@ -522,7 +524,11 @@ void Sim::CrashNode(int node) {
   n.state.reset();
   n.env.reset();
   n.timers.clear();
-  n.disk->Crash();
+  if (power_loss) {
+    n.disk->Crash();
+  } else {
+    n.disk->Kill();
+  }
   crashes_.emplace_back(now_, node);
   hash_.Add(0xc4a5ULL + static_cast<uint64_t>(node));
 }
@@ -530,7 +536,7 @@ void Sim::CrashNode(int node) {
 void Sim::RestartLater(int node, std::string_view why) {
   Trace(absl::StrCat("n", node + 1, " ", absl::string_view(why.data(), why.size()),
                      "; restarting it"));
-  CrashNode(node);
+  CrashNode(node, /*power_loss=*/false);  // the process exits; the machine stays up
   const Nanos delay(rng_.Range(scenario_.tick_interval.count(), 2 * ElectionTimeout().count()));
   Schedule(now_ + delay, [this, node] {
     if (!nodes_[node].up) StartNode(node);
@@ -724,7 +730,8 @@ void Sim::ApplyStep(const Step& step) {
       break;
     case StepKind::kHeal: HealAll(); break;
     case StepKind::kCrash:
-      for (int i : a) CrashNode(i);
+    case StepKind::kKill:
+      for (int i : a) CrashNode(i, step.kind == StepKind::kCrash);
       break;
     case StepKind::kRestart:
       for (int i : a) {

@@ -79,7 +79,7 @@ void AddCrashAndRestart(Rng& r, const Scenario& s, Nanos at, std::vector<Step>& 
   Step step;
   step.at = at;
   const int victim = static_cast<int>(r.Uniform(n));
-  step.kind = StepKind::kCrash;
+  step.kind = r.Chance(0.5) ? StepKind::kCrash : StepKind::kKill;
   step.a = r.Chance(0.4) ? Leader() : Id(victim);
   const std::string label = absl::StrFormat("crashed%d", out.size());
   step.label = label;

@@ -77,6 +77,15 @@ class SimDisk {
   // opens included, so the old connection's close (which may try to checkpoint and
   // delete the WAL) changes nothing.
   void Crash(bool tear);
+  // The process dies (kill -9) but the machine stays up: every write it made, synced or
+  // not, is still in the page cache and visible to the next process, and becomes
+  // durable as the kernel writes it back (here: at the next sync) or is lost to a later
+  // power cut. Open files go dead as in Crash, and every operation fails until PowerOn,
+  // so the dead connection's close changes nothing.
+  void ProcessExit() {
+    ++epoch_;
+    powered_off_ = true;
+  }
   void PowerOn() { powered_off_ = false; }
 
   int open_files() const { return open_files_; }

@@ -197,6 +197,24 @@ absl::Status SqliteStorage::Initialize() {
 absl::Status SqliteStorage::Prepare() {
   stmts_ = std::make_unique<Statements>(db_);
   if (!stmts_->ok()) return Error("prepare statements");
+  return SyncFiles();
+}
+
+absl::Status SqliteStorage::SyncFiles() {
+  // What this process read may still be only in the page cache: written by a process
+  // that was killed before its fsync returned. Acting on it (acknowledging entries, say)
+  // and then losing it to a power cut would break Raft, so it is made durable first.
+  for (int op : {SQLITE_FCNTL_FILE_POINTER, SQLITE_FCNTL_JOURNAL_POINTER}) {
+    sqlite3_file* file = nullptr;
+    if (sqlite3_file_control(db_, "main", op, &file) != SQLITE_OK || file == nullptr ||
+        file->pMethods == nullptr) {
+      continue;  // no WAL file open (an empty WAL was deleted): nothing to sync
+    }
+    if (const int rc = file->pMethods->xSync(file, SQLITE_SYNC_FULL); rc != SQLITE_OK) {
+      failed_ = true;
+      return StatusFor(rc, "sync the database files at open", nullptr);
+    }
+  }
   return absl::OkStatus();
 }
 

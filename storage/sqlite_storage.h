@@ -30,7 +30,9 @@
 //
 // Opening validates: a database from a newer keel (schema_version > 1) or one that is
 // not a keel database is refused with a clear error, never reset. A missing file is
-// created empty.
+// created empty. Opening then fsyncs the database and its WAL: what a killed process
+// wrote but never synced is still in the page cache and visible to this one, and must
+// be durable before the node acts on it.
 
 #include <functional>
 #include <memory>
@@ -72,6 +74,7 @@ class SqliteStorage : public server::Storage {
   SqliteStorage(sqlite3* db, std::string path, Options options);
   absl::Status Initialize();
   absl::Status Prepare();
+  absl::Status SyncFiles();
   absl::Status Exec(const char* sql);
   absl::Status Begin();
   absl::Status WriteSnapshotRow(const raft::Snapshot& snapshot);

@@ -67,6 +67,31 @@ raft::RecoveredState LoadOk(SqliteStorage& s) {
   return r.ok() ? *r : raft::RecoveredState{};
 }
 
+// A killed process's writes stay in the page cache: the next process sees them, even a
+// transaction whose fsync never succeeded (SQLite's WAL recovery trusts checksums, not
+// fsyncs). What it sees must be durable before it acts on it, so opening the store
+// syncs the files: a power cut right after the open loses nothing the open showed.
+TEST(SimDisk, WhatAKilledProcessWroteIsVisibleAndOpeningMakesItDurable) {
+  Fixture f(1);
+  auto s = f.Open();
+  ASSERT_TRUE(s->Append(Entries(1, 3, 1)).ok());
+  ASSERT_TRUE(s->SaveHardState({Term(2), NodeId(3), LogIndex(0)}).ok());
+  f.fail_next_sync = SQLITE_IOERR_FSYNC;
+  ASSERT_FALSE(s->Sync().ok());  // the frames are written, the fsync failed
+  f.disk.ProcessExit();          // the node stops (fail-stop); the machine stays up
+  s.reset();
+  s = f.Open();
+  const raft::RecoveredState seen = LoadOk(*s);
+  ASSERT_EQ(seen.entries.size(), 3u);  // from the page cache
+  EXPECT_EQ(seen.hard_state.term, Term(2));
+  f.disk.Crash(/*tear=*/false);
+  s.reset();
+  s = f.Open();
+  const raft::RecoveredState after = LoadOk(*s);
+  EXPECT_EQ(after.entries.size(), 3u) << "the open showed entries that a power cut then took";
+  EXPECT_EQ(after.hard_state.term, Term(2));
+}
+
 TEST(SimDisk, SyncedWritesSurviveACrashAndUnsyncedOnesDoNot) {
   Fixture f(1);
   auto s = f.Open();
