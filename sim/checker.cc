@@ -75,13 +75,38 @@ void RaftChecker::OnRestart(int node, const raft::RecoveredState& recovered) {
     base = recovered.snapshot->index;
     h = KnownHash(base, recovered.snapshot->term).value_or(0);
   }
+  const NodeLog before = std::move(logs_[node]);
   ResetLog(node, base, h);
   NodeLog& log = logs_[node];
   for (const raft::Entry& e : recovered.entries) {
     log.chain.push_back(ChainHash(log.chain.back(), e.term.value, e.data));
   }
+  ForgetLostEntries(node, before);
   commit_seen_[node] = recovered.hard_state.commit;
   role_seen_[node] = raft::Role::kFollower;
+}
+
+void RaftChecker::ForgetLostEntries(int node, const NodeLog& before) {
+  // Entries the node had staged but that its crash took (never durable) are forgotten
+  // if nobody else holds them and they were not committed: only then may the same index
+  // and term come back with other contents. That happens when a single-node cluster's
+  // election (its new term) and first entries share an fsync that a crash interrupts:
+  // it restarts in the old term, and wins the same term again.
+  for (LogIndex i = before.base + 1; i <= before.last(); i = i + 1) {
+    const uint64_t lost = *before.HashAt(i);
+    if (logs_[node].HashAt(i) == lost) continue;  // still held after the restart
+    auto committed = committed_chain_.find(i.value);
+    if (committed != committed_chain_.end() && committed->second == lost) continue;
+    bool held = false;
+    for (size_t other = 0; other < logs_.size() && !held; ++other) {
+      held = static_cast<int>(other) != node && logs_[other].HashAt(i) == lost;
+    }
+    if (held) continue;
+    for (auto it = chain_by_entry_.lower_bound({i.value, 0});
+         it != chain_by_entry_.end() && it->first.first == i.value;) {
+      it = it->second == lost ? chain_by_entry_.erase(it) : std::next(it);
+    }
+  }
 }
 
 void RaftChecker::ObserveRole(int node, raft::Role role, Term term) {

@@ -53,6 +53,7 @@ class RaftChecker {
   void Violation(std::string text);
   void ResetLog(int node, LogIndex base, uint64_t base_hash);
   std::optional<uint64_t> KnownHash(LogIndex index, Term term) const;
+  void ForgetLostEntries(int node, const NodeLog& before);
 
   std::vector<NodeLog> logs_;
   std::vector<LogIndex> commit_seen_;
