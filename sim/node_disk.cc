@@ -58,8 +58,9 @@ NodeDisk::NodeDisk(Hooks hooks, Rng* rng, Options options)
       disk_(storage::SimDisk::Hooks{
           .rng = rng,
           .now = hooks_.now,
-          .begin_sync = [this](const std::string&) {
-            return hooks_.begin_sync(observed_ != nullptr && observed_->syncing_vote());
+          .begin_sync = [this](const std::string&, Nanos not_before) {
+            return hooks_.begin_sync(observed_ != nullptr && observed_->syncing_vote(),
+                                     not_before);
           },
           .fault = [this](storage::SimDisk::Op op, const std::string&) { return Fault(op); },
           .planted_skip_sync = options.planted_skip_sync}),

@@ -54,8 +54,9 @@ class NodeDisk {
  public:
   struct Hooks {
     std::function<Nanos()> now;
-    // A sync starts now; returns when it completes (the node is busy until then).
-    std::function<Nanos(bool vote_changed)> begin_sync;
+    // A sync starts now; returns when it completes (the node is busy until then), which
+    // is not before `not_before`.
+    std::function<Nanos(bool vote_changed, Nanos not_before)> begin_sync;
     ObservedStorage::Hooks observe;
   };
   struct Options {

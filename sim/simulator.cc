@@ -149,7 +149,7 @@ class Sim {
   // Power loss at a random point of the fsync running until `busy_until`; the node comes
   // back soon after.
   void CrashDuringSync(int node);
-  Nanos BeginSync(int node, bool vote_changed);
+  Nanos BeginSync(int node, bool vote_changed, Nanos not_before);
   int CurrentLeader() const;
 
   // Network.
@@ -278,7 +278,9 @@ Sim::Sim(const Scenario& scenario, const RunOptions& options)
     n.sink = std::make_unique<SimLogSink>(*this, i);
     NodeDisk::Hooks hooks;
     hooks.now = [this] { return now_; };
-    hooks.begin_sync = [this, i](bool vote_changed) { return BeginSync(i, vote_changed); };
+    hooks.begin_sync = [this, i](bool vote_changed, Nanos not_before) {
+      return BeginSync(i, vote_changed, not_before);
+    };
     hooks.observe.on_append = [this, i](std::span<const raft::Entry> entries) {
       const raft::Raft& r = nodes_[i].node->raft();
       checker_.OnAppend(i, r.role() == Role::kLeader, r.term(), entries);
@@ -420,7 +422,7 @@ server::TimerId Sim::SetTimer(int node, Nanos after, std::function<void()> fn) {
 
 void Sim::CancelTimer(int node, server::TimerId id) { nodes_[node].timers.erase(id); }
 
-Nanos Sim::BeginSync(int node, bool vote_changed) {
+Nanos Sim::BeginSync(int node, bool vote_changed, Nanos not_before) {
   SimNode& n = nodes_[node];
   const Nanos start = std::max(now_, n.busy_until);
   const DiskSettings& disk = scenario_.disk;
@@ -428,7 +430,7 @@ Nanos Sim::BeginSync(int node, bool vote_changed) {
   if (fsync_spike_probability_ > 0 && rng_.Chance(fsync_spike_probability_)) {
     latency = Nanos(rng_.Range(10 * disk.fsync_max.count(), 100 * disk.fsync_max.count()));
   }
-  n.busy_until = start + latency;
+  n.busy_until = std::max(start + latency, not_before);
   const double p = vote_changed ? crash_in_vote_sync_probability_ : crash_in_sync_probability_;
   if (std::exchange(n.crash_next_sync, false) || (p > 0 && rng_.Chance(p))) CrashDuringSync(node);
   return n.busy_until;

@@ -97,9 +97,13 @@ struct SimVfsGlue {
     // The planted lie returns at once, and the writes reach the disk only when the
     // drive's volatile cache is written back, a while later; a crash before then loses
     // them although SQLite was told they were durable.
-    const Nanos done = disk->hooks_.planted_skip_sync ? now + kLyingCacheWriteback
-                       : disk->hooks_.begin_sync ? disk->hooks_.begin_sync(*h->name)
-                                                 : now;
+    // A sync ends no earlier than one already in flight on the file (a killed
+    // process's, say): fsync returns once everything dirty at the call is on disk.
+    const Nanos not_before = file.in_flight.empty() ? now : file.in_flight.back().completes_at;
+    const Nanos done =
+        disk->hooks_.planted_skip_sync ? std::max(now + kLyingCacheWriteback, not_before)
+        : disk->hooks_.begin_sync      ? disk->hooks_.begin_sync(*h->name, not_before)
+                                       : not_before;
     KEEL_ASSERT(done >= now);
     KEEL_ASSERT(file.in_flight.empty() || file.in_flight.back().completes_at <= done);
     file.in_flight.push_back({done, std::move(file.unsynced), disk->next_seq_++});

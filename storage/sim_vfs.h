@@ -48,7 +48,9 @@ class SimDisk {
     std::function<Nanos()> now;               // required: SQLite's clock
     // A sync is starting; returns when (virtual time) it completes. Until then its writes
     // are not durable: a crash before that time loses them. Null: syncs complete at once.
-    std::function<Nanos(const std::string& file)> begin_sync;
+    // It must not return before `not_before`: when a sync already in flight on the file
+    // completes.
+    std::function<Nanos(const std::string& file, Nanos not_before)> begin_sync;
     // Before each write or sync: return SQLITE_OK or the error to fail it with.
     std::function<int(Op op, const std::string& file)> fault;
     // Test-only planted bug: xSync returns OK at once without making anything durable

@@ -43,7 +43,9 @@ struct Fixture {
   SimDisk disk{SimDisk::Hooks{
       .rng = &rng,
       .now = [this] { return now; },
-      .begin_sync = [this](const std::string&) { return now + fsync_latency; },
+      .begin_sync = [this](const std::string&, Nanos not_before) {
+        return std::max(now + fsync_latency, not_before);
+      },
       .fault = [this](SimDisk::Op op, const std::string&) {
         if (op == SimDisk::Op::kWrite) return fail_writes;
         const int rc = fail_next_sync;
