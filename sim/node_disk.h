@@ -4,7 +4,9 @@
 // The node sees it through ObservedStorage, which shows the simulator's checkers every
 // write as it is staged and tells the fault injector whether a sync carries a new term
 // or vote. The disk's faults: the next write or sync fails with EIO, and the disk fills
-// up (writes that grow its files fail with SQLITE_FULL).
+// up (writes that grow its files fail with SQLITE_FULL). The node goes down by power
+// loss (Crash: what was not durable is gone) or by its process dying (Kill: the page
+// cache, unsynced writes included, survives).
 
 #include <functional>
 #include <memory>
