@@ -82,6 +82,15 @@ class Stmt {
   int rc_ = SQLITE_OK;
 };
 
+// Steps a statement that returns no rows, and resets it so that it holds nothing open.
+bool RunOnce(Stmt& stmt) {
+  stmt.Reset();
+  stmt.Step();
+  const bool ok = stmt.ok();
+  stmt.Reset();
+  return ok;
+}
+
 absl::Status StatusFor(int rc, std::string_view what, sqlite3* db) {
   const std::string message = absl::StrCat(absl::string_view(what.data(), what.size()), ": ",
                                            db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
@@ -104,10 +113,12 @@ struct SqliteStorage::Statements {
         snapshot_index(db, "SELECT idx FROM snapshot WHERE id = 0"),
         snapshot(db, "INSERT OR REPLACE INTO snapshot (id, idx, term, data) "
                      "VALUES (0, ?, ?, ?)"),
-        compact(db, "DELETE FROM raft_log WHERE idx <= ?") {}
+        compact(db, "DELETE FROM raft_log WHERE idx <= ?"),
+        begin(db, "BEGIN"),
+        commit(db, "COMMIT") {}
   bool ok() const {
     return truncate.ok() && insert.ok() && hard_state.ok() && snapshot_index.ok() &&
-           snapshot.ok() && compact.ok();
+           snapshot.ok() && compact.ok() && begin.ok() && commit.ok();
   }
   Stmt truncate;
   Stmt insert;
@@ -115,6 +126,8 @@ struct SqliteStorage::Statements {
   Stmt snapshot_index;
   Stmt snapshot;
   Stmt compact;
+  Stmt begin;   // prepared once: every Ready opens and commits a transaction
+  Stmt commit;
 };
 
 SqliteStorage::SqliteStorage(sqlite3* db, std::string path, Options options)
@@ -221,7 +234,7 @@ absl::Status SqliteStorage::SyncFiles() {
 absl::Status SqliteStorage::Begin() {
   if (failed_) return absl::FailedPreconditionError("storage failed earlier (fail-stop)");
   if (in_transaction_) return absl::OkStatus();
-  if (absl::Status st = Exec("BEGIN"); !st.ok()) return st;
+  if (!RunOnce(stmts_->begin)) return failed_ = true, Error("BEGIN");
   in_transaction_ = true;
   return absl::OkStatus();
 }
@@ -341,7 +354,9 @@ absl::Status SqliteStorage::Sync() {
   if (failed_) return absl::FailedPreconditionError("storage failed earlier (fail-stop)");
   if (!in_transaction_) return absl::OkStatus();
   in_transaction_ = false;
-  return Exec("COMMIT");  // synchronous=FULL: the WAL is fsynced before this returns
+  // synchronous=FULL: the WAL is fsynced before COMMIT returns.
+  if (!RunOnce(stmts_->commit)) return failed_ = true, Error("COMMIT");
+  return absl::OkStatus();
 }
 
 }  // namespace keel::storage
