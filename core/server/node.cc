@@ -1,5 +1,6 @@
 #include "core/server/node.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
