@@ -1,0 +1,56 @@
+#pragma once
+// Backend: where the keyspace's durable state lives (etcd's bbolt "key", "meta" and
+// "lease" buckets). One record per revision: the key's mvccpb.KeyValue as of that
+// revision, serialized. A put's record carries the whole KeyValue; a delete's record
+// (a tombstone) carries only the key and mod_revision = the deleting revision, and is
+// recognised by create_revision == 0 (every put has create_revision >= 1).
+//
+// Writes are staged in the node's open storage transaction and become durable with
+// the next Storage::Sync, together with the Raft entries of that Ready and the applied
+// index (recorded as meta "consistent_index" by the state machine): a crash keeps all
+// of them or none.
+//
+// Every error is a storage failure (Internal or DataLoss, kv/errors.h): the node
+// fail-stops. Implementations: storage::SqliteBackend (the node's database) and
+// kv::MemoryBackend (tests).
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/kv/revision.h"
+
+namespace keel::kv {
+
+class Backend {
+ public:
+  // Returns false to stop the scan.
+  using RevisionVisitor = absl::FunctionRef<bool(Revision, std::string_view kv_bytes)>;
+  using LeaseVisitor = absl::FunctionRef<void(int64_t id, std::string_view lease_bytes)>;
+
+  virtual ~Backend() = default;
+
+  // Requires: no record at `rev` yet.
+  virtual absl::Status PutRevision(Revision rev, std::string_view kv_bytes) = 0;
+  // NotFound if there is no record at `rev` (a caller that expected one has found
+  // corruption).
+  virtual absl::StatusOr<std::string> GetRevision(Revision rev) const = 0;
+  virtual absl::Status DeleteRevision(Revision rev) = 0;
+  // Visits the records with from <= main < to, in revision order.
+  virtual absl::Status ScanRevisions(int64_t from, int64_t to, RevisionVisitor visit) const = 0;
+
+  // Small named integers: the applied index, the compacted revision.
+  virtual absl::Status PutMeta(std::string_view name, int64_t value) = 0;
+  virtual absl::StatusOr<std::optional<int64_t>> GetMeta(std::string_view name) const = 0;
+
+  // Leases (core/lease): one record per lease, serialized by the lease table.
+  virtual absl::Status PutLease(int64_t id, std::string_view lease_bytes) = 0;
+  virtual absl::Status DeleteLease(int64_t id) = 0;
+  virtual absl::Status ScanLeases(LeaseVisitor visit) const = 0;
+};
+
+}  // namespace keel::kv
