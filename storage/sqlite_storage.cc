@@ -9,11 +9,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/assert.h"
+#include "storage/sqlite_statement.h"
 
 namespace keel::storage {
 namespace {
 
-constexpr int64_t kSchemaVersion = 1;
+constexpr int64_t kSchemaVersion = 2;
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -26,109 +27,16 @@ CREATE TABLE raft_log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL,
 INSERT INTO meta (key, value) VALUES ('schema_version', 1);
 )sql";
 
-// uint64 <-> SQLite's int64, bit for bit.
-int64_t ToDb(uint64_t v) {
-  int64_t out;
-  std::memcpy(&out, &v, sizeof out);
-  return out;
-}
-uint64_t FromDb(int64_t v) {
-  uint64_t out;
-  std::memcpy(&out, &v, sizeof out);
-  return out;
-}
-
-// A prepared statement, reset after every use.
-class Stmt {
- public:
-  Stmt(sqlite3* db, const char* sql) { rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr); }
-  ~Stmt() { sqlite3_finalize(stmt_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-
-  bool ok() const { return rc_ == SQLITE_OK || rc_ == SQLITE_ROW || rc_ == SQLITE_DONE; }
-  int rc() const { return rc_; }
-  Stmt& Bind(int i, uint64_t v) {
-    if (ok()) rc_ = sqlite3_bind_int64(stmt_, i, ToDb(v));
-    return *this;
-  }
-  Stmt& Bind(int i, std::string_view blob) {
-    // SQLITE_STATIC: the bytes outlive the step that reads them (bound per call).
-    if (ok()) rc_ = sqlite3_bind_blob64(stmt_, i, blob.data(), blob.size(), SQLITE_STATIC);
-    return *this;
-  }
-  // Ready for the next set of bindings.
-  void Reset() {
-    if (!ok()) return;
-    sqlite3_reset(stmt_);
-    sqlite3_clear_bindings(stmt_);
-  }
-  // Steps once: true for a row, false when done or on error (check ok()).
-  bool Step() {
-    if (!ok()) return false;
-    rc_ = sqlite3_step(stmt_);
-    return rc_ == SQLITE_ROW;
-  }
-  uint64_t U64(int col) const { return FromDb(sqlite3_column_int64(stmt_, col)); }
-  int Type(int col) const { return sqlite3_column_type(stmt_, col); }
-  std::string Blob(int col) const {
-    const void* p = sqlite3_column_blob(stmt_, col);
-    const int n = sqlite3_column_bytes(stmt_, col);
-    return p == nullptr ? std::string() : std::string(static_cast<const char*>(p), n);
-  }
-
- private:
-  sqlite3_stmt* stmt_ = nullptr;
-  int rc_ = SQLITE_OK;
-};
-
-// Steps a statement that returns no rows, and resets it so that it holds nothing open.
-bool RunOnce(Stmt& stmt) {
-  stmt.Reset();
-  stmt.Step();
-  const bool ok = stmt.ok();
-  stmt.Reset();
-  return ok;
-}
-
-absl::Status StatusFor(int rc, std::string_view what, sqlite3* db) {
-  const std::string message = absl::StrCat(absl::string_view(what.data(), what.size()), ": ",
-                                           db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-  switch (rc & 0xff) {
-    case SQLITE_FULL: return absl::ResourceExhaustedError(message);
-    case SQLITE_CORRUPT:
-    case SQLITE_NOTADB: return absl::DataLossError(message);
-    default: return absl::InternalError(message);
-  }
-}
+// Version 1 -> 2: the keyspace's tables.
+constexpr const char* kUpgradeTo2 = R"sql(
+CREATE TABLE kv (main INTEGER NOT NULL, sub INTEGER NOT NULL, data BLOB NOT NULL,
+                 PRIMARY KEY (main, sub)) WITHOUT ROWID;
+CREATE TABLE lease (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+UPDATE meta SET value = 2 WHERE key = 'schema_version';
+)sql";
 
 }  // namespace
 
-struct SqliteStorage::Statements {
-  explicit Statements(sqlite3* db)
-      : truncate(db, "DELETE FROM raft_log WHERE idx >= ?"),
-        insert(db, "INSERT INTO raft_log (idx, term, type, data) VALUES (?, ?, ?, ?)"),
-        hard_state(db, "INSERT OR REPLACE INTO hard_state (id, term, vote, commit_index) "
-                       "VALUES (0, ?, ?, ?)"),
-        snapshot_index(db, "SELECT idx FROM snapshot WHERE id = 0"),
-        snapshot(db, "INSERT OR REPLACE INTO snapshot (id, idx, term, data) "
-                     "VALUES (0, ?, ?, ?)"),
-        compact(db, "DELETE FROM raft_log WHERE idx <= ?"),
-        begin(db, "BEGIN"),
-        commit(db, "COMMIT") {}
-  bool ok() const {
-    return truncate.ok() && insert.ok() && hard_state.ok() && snapshot_index.ok() &&
-           snapshot.ok() && compact.ok() && begin.ok() && commit.ok();
-  }
-  Stmt truncate;
-  Stmt insert;
-  Stmt hard_state;
-  Stmt snapshot_index;
-  Stmt snapshot;
-  Stmt compact;
-  Stmt begin;   // prepared once: every Ready opens and commits a transaction
-  Stmt commit;
-};
 
 SqliteStorage::SqliteStorage(sqlite3* db, std::string path, Options options)
     : db_(db), path_(std::move(path)), options_(std::move(options)) {}
@@ -190,6 +98,7 @@ absl::Status SqliteStorage::Initialize() {
   if (tables.U64(0) == 0) {
     if (absl::Status st = Exec("BEGIN"); !st.ok()) return st;
     if (absl::Status st = Exec(kSchema); !st.ok()) return st;
+    if (absl::Status st = Exec(kUpgradeTo2); !st.ok()) return st;
     if (absl::Status st = Exec("COMMIT"); !st.ok()) return st;
     return Prepare();
   }
@@ -199,12 +108,25 @@ absl::Status SqliteStorage::Initialize() {
         "not a keel database (no schema version); refusing to touch it");
   }
   const int64_t v = static_cast<int64_t>(version.U64(0));
+  version.Reset();
+  if (v == 1) {
+    if (absl::Status st = Upgrade(v); !st.ok()) return st;
+    return Prepare();
+  }
   if (v != kSchemaVersion) {
     return absl::FailedPreconditionError(absl::StrCat(
         "database schema version ", v, v > kSchemaVersion ? " is newer than" : " differs from",
         " this keel's (", kSchemaVersion, "); refusing to open it"));
   }
   return Prepare();
+}
+
+absl::Status SqliteStorage::Upgrade(int64_t from_version) {
+  KEEL_ASSERT(from_version == 1);
+  // One transaction: a crash leaves version 1 or version 2, never half of it.
+  if (absl::Status st = Exec("BEGIN"); !st.ok()) return st;
+  if (absl::Status st = Exec(kUpgradeTo2); !st.ok()) return st;
+  return Exec("COMMIT");
 }
 
 absl::Status SqliteStorage::Prepare() {

@@ -1,12 +1,20 @@
 #pragma once
-// SqliteStorage: the durable state of one node in one SQLite database (server::Storage).
+// SqliteStorage: the durable state of one node in one SQLite database: the Raft log
+// (server::Storage) and the keyspace (kv::Backend), in one file so that one
+// transaction, one fsync, holds a Ready's entries and what applying them changed.
 //
-// Schema (version 1):
-//   meta(key TEXT PRIMARY KEY, value INTEGER)     'schema_version' = 1
+// Schema (version 2):
+//   meta(key TEXT PRIMARY KEY, value INTEGER)     'schema_version' = 2, and the
+//                                                  keyspace's named integers (kv::Backend)
 //   hard_state(id = 0, term, vote, commit_index)   at most one row
 //   snapshot(id = 0, idx, term, data BLOB)         the latest snapshot, at most one row
 //   raft_log(idx INTEGER PRIMARY KEY, term, type, data BLOB)
-// Every integer is a uint64 stored bit for bit in SQLite's int64; reads validate them.
+//   kv(main, sub, data BLOB, PRIMARY KEY (main, sub)) WITHOUT ROWID
+//                                                  one mvccpb.KeyValue per revision
+//   lease(id INTEGER PRIMARY KEY, data BLOB)       one record per lease
+// Raft's integers are uint64s stored bit for bit in SQLite's int64; the keyspace's are
+// etcd's int64s. Reads validate them. Version 1 (no keyspace tables) is upgraded in
+// place at open.
 //
 // Connection: journal_mode=WAL, synchronous=FULL, locking_mode=EXCLUSIVE (one process
 // owns the file; WAL then needs no shared-memory file).
@@ -39,6 +47,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "core/kv/backend.h"
 #include "core/server/storage.h"
 
 struct sqlite3;
@@ -46,7 +55,7 @@ struct sqlite3_stmt;
 
 namespace keel::storage {
 
-class SqliteStorage : public server::Storage {
+class SqliteStorage : public server::Storage, public kv::Backend {
  public:
   struct Options {
     std::string vfs;  // empty: SQLite's default VFS (the real disk)
@@ -69,6 +78,18 @@ class SqliteStorage : public server::Storage {
   absl::Status Sync() override;
   absl::StatusOr<uint64_t> AvailableBytes() override;
 
+  // kv::Backend (storage/sqlite_backend.cc). Writes join the open transaction. A scan's
+  // visitor must not call back into this object.
+  absl::Status PutRevision(kv::Revision rev, std::string_view kv_bytes) override;
+  absl::StatusOr<std::string> GetRevision(kv::Revision rev) const override;
+  absl::Status DeleteRevision(kv::Revision rev) override;
+  absl::Status ScanRevisions(int64_t from, int64_t to, RevisionVisitor visit) const override;
+  absl::Status PutMeta(std::string_view name, int64_t value) override;
+  absl::StatusOr<std::optional<int64_t>> GetMeta(std::string_view name) const override;
+  absl::Status PutLease(int64_t id, std::string_view lease_bytes) override;
+  absl::Status DeleteLease(int64_t id) override;
+  absl::Status ScanLeases(LeaseVisitor visit) const override;
+
  private:
   struct Statements;  // prepared once, reused for every write
   SqliteStorage(sqlite3* db, std::string path, Options options);
@@ -77,6 +98,7 @@ class SqliteStorage : public server::Storage {
   absl::Status SyncFiles();
   absl::Status Exec(const char* sql);
   absl::Status Begin();
+  absl::Status Upgrade(int64_t from_version);
   absl::Status WriteSnapshotRow(const raft::Snapshot& snapshot);
   absl::Status Error(const char* what) const;
 
@@ -85,7 +107,7 @@ class SqliteStorage : public server::Storage {
   Options options_;
   std::unique_ptr<Statements> stmts_;
   bool in_transaction_ = false;
-  bool failed_ = false;  // after any error: fail-stop
+  mutable bool failed_ = false;  // after any error, reads included: fail-stop
 };
 
 }  // namespace keel::storage

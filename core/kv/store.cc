@@ -18,6 +18,13 @@ absl::Status Corrupt(Revision rev, const char* what) {
                                           rev.sub, ": ", what));
 }
 
+// Whatever the backend said, its failure is the node's (kv/errors.h): never an answer
+// to a client, even if its code looks like one (a full disk is ResourceExhausted).
+absl::Status Fatal(const absl::Status& st) {
+  if (st.ok() || IsStorageFailure(st)) return st;
+  return absl::InternalError(absl::StrCat("storage: ", st.ToString()));
+}
+
 }  // namespace
 
 bool KeyRange::Contains(std::string_view k) const {
@@ -35,7 +42,7 @@ absl::Status Store::Load() {
   index_.clear();
   revision_ = 0;
   absl::StatusOr<std::optional<int64_t>> compacted = backend_->GetMeta(kMetaCompacted);
-  if (!compacted.ok()) return compacted.status();
+  if (!compacted.ok()) return Fatal(compacted.status());
   compacted_ = compacted->value_or(0);
   if (compacted_ < 0) return absl::DataLossError("keyspace: negative compacted revision");
   absl::Status corrupt;
@@ -64,7 +71,7 @@ absl::Status Store::Load() {
         last = rev;
         return corrupt.ok();
       });
-  if (!st.ok()) return st;
+  if (!st.ok()) return Fatal(st);
   if (!corrupt.ok()) return corrupt;
   // etcd: a compaction may have dropped the newest record (a tombstone), so the
   // revision is at least the compaction point.
@@ -76,7 +83,7 @@ absl::Status Store::ReadRevision(Revision rev, mvccpb::KeyValue* kv) const {
   absl::StatusOr<std::string> bytes = backend_->GetRevision(rev);
   if (!bytes.ok()) {
     if (absl::IsNotFound(bytes.status())) return Corrupt(rev, "missing");
-    return bytes.status();
+    return Fatal(bytes.status());
   }
   if (!kv->ParseFromString(*bytes) || kv->mod_revision() != rev.main) {
     return Corrupt(rev, "not a KeyValue of this revision");
@@ -144,9 +151,9 @@ absl::Status Store::Compact(int64_t rev) {
     it = it->second.empty() ? index_.erase(it) : std::next(it);
   }
   for (Revision r : dropped) {
-    if (absl::Status st = backend_->DeleteRevision(r); !st.ok()) return st;
+    if (absl::Status st = backend_->DeleteRevision(r); !st.ok()) return Fatal(st);
   }
-  if (absl::Status st = backend_->PutMeta(kMetaCompacted, rev); !st.ok()) return st;
+  if (absl::Status st = backend_->PutMeta(kMetaCompacted, rev); !st.ok()) return Fatal(st);
   compacted_ = rev;
   return absl::OkStatus();
 }
@@ -165,7 +172,7 @@ absl::Status Store::Events(int64_t from, int64_t to, std::vector<mvccpb::Event>*
     ev.set_type(IsTombstone(*kv) ? mvccpb::Event::DELETE : mvccpb::Event::PUT);
     return true;
   });
-  return st.ok() ? corrupt : st;
+  return st.ok() ? corrupt : Fatal(st);
 }
 
 void Store::CheckInvariants() const {
@@ -209,7 +216,7 @@ absl::Status Store::Writer::Put(std::string_view key, std::string_view value, in
   kv.set_create_revision(prev ? prev->created.main : rev.main);
   kv.set_version(prev ? prev->version + 1 : 1);
   if (absl::Status st = store_->backend_->PutRevision(rev, kv.SerializeAsString()); !st.ok()) {
-    return st;
+    return Fatal(st);
   }
   if (it == store_->index_.end()) it = store_->index_.try_emplace(std::string(key)).first;
   it->second.Put(rev);
@@ -242,7 +249,7 @@ absl::StatusOr<int64_t> Store::Writer::DeleteRange(KeyRange range,
     tomb.set_mod_revision(rev.main);
     if (absl::Status st = store_->backend_->PutRevision(rev, tomb.SerializeAsString());
         !st.ok()) {
-      return st;
+      return Fatal(st);
     }
     store_->index_.find(key)->second.Tombstone(rev);
     if (store_->leases_ != nullptr) store_->leases_->Detach(key);
