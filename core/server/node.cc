@@ -210,7 +210,7 @@ bool Node::AcceptableSnapshot(const raft::Message& m) const {
   return false;
 }
 
-uint64_t Node::AddPending(Done done) {
+uint64_t Node::AddPending(ResultDone done) {
   uint64_t id = 0;
   while (id == 0 || pending_.contains(id)) id = env_.Random().Next();
   const Nanos deadline = env_.Now() + config_.request_timeout;
@@ -220,14 +220,21 @@ uint64_t Node::AddPending(Done done) {
 }
 
 void Node::Propose(std::string command, Done done) {
-  if (stopped_) return done(absl::UnavailableError("node stopped"));
+  ProposeForResult(std::move(command),
+                   [done = std::move(done)](absl::Status st, std::any) { done(std::move(st)); });
+}
+
+void Node::ProposeForResult(std::string command, ResultDone done) {
+  if (stopped_) return done(absl::UnavailableError("node stopped"), {});
   if (command.size() > config_.request_bytes_max) {
-    return done(absl::InvalidArgumentError("request is too large"));
+    return done(absl::InvalidArgumentError("etcdserver: request is too large"), {});
   }
   if (pending_.size() >= config_.pending_requests_max) {
-    return done(absl::ResourceExhaustedError("too many pending requests"));
+    return done(absl::ResourceExhaustedError("too many pending requests"), {});
   }
-  if (!nospace_alarms_.empty() && state_machine_.NeedsSpace(command)) return done(NoSpaceError());
+  if (!nospace_alarms_.empty() && state_machine_.NeedsSpace(command)) {
+    return done(NoSpaceError(), {});
+  }
   const uint64_t id = AddPending(std::move(done));
   ProposeEntry(id, Frame(id, EntryKind::kCommand, command));
 }
@@ -237,7 +244,7 @@ void Node::DisarmAlarm(NodeId member, Done done) {
   if (pending_.size() >= config_.pending_requests_max) {
     return done(absl::ResourceExhaustedError("too many pending requests"));
   }
-  const uint64_t id = AddPending(std::move(done));
+  const uint64_t id = AddPending([done = std::move(done)](absl::Status st, std::any) { done(std::move(st)); });
   ProposeEntry(id, Frame(id, EntryKind::kNode, AlarmCommand(AlarmAction::kDeactivateNoSpace, member)));
 }
 
@@ -256,7 +263,7 @@ void Node::Read(Done done) {
   if (pending_.size() >= config_.pending_requests_max) {
     return done(absl::ResourceExhaustedError("too many pending requests"));
   }
-  const uint64_t id = AddPending(std::move(done));
+  const uint64_t id = AddPending([done = std::move(done)](absl::Status st, std::any) { done(std::move(st)); });
   if (absl::Status st = raft_->ReadIndex(Frame(id, EntryKind::kCommand, "")); !st.ok()) {
     Finish(id, st);
     return;
@@ -271,12 +278,12 @@ absl::Status Node::TransferLeadership(NodeId to) {
   return st;
 }
 
-void Node::Finish(uint64_t request_id, absl::Status status) {
+void Node::Finish(uint64_t request_id, absl::Status status, std::any response) {
   auto it = pending_.find(request_id);
   if (it == pending_.end()) return;
-  Done done = std::move(it->second.done);
+  ResultDone done = std::move(it->second.done);
   pending_.erase(it);
-  done(std::move(status));
+  done(std::move(status), std::move(response));
 }
 
 void Node::ExpireRequests() {
@@ -308,7 +315,7 @@ void Node::ProcessReady() {
     raft_->Advance(rd);
     MaybeSnapshot();
     // Callbacks run only now, outside the Ready: they may call back into this Node.
-    for (auto& [id, status] : outcomes) Finish(id, std::move(status));
+    for (Outcome& o : outcomes) Finish(o.request_id, std::move(o.status), std::move(o.response));
     FinishReads();
   }
 }
@@ -320,7 +327,13 @@ void Node::PersistReady(const raft::Ready& rd) {
   if (rd.snapshot) {
     st = RestoreSnapshot(*rd.snapshot);
     if (!st.ok()) return FailStop(st, "restore snapshot");
-    st = disk.InstallSnapshot(*rd.snapshot);
+    // On disk in this node's own form: a machine whose state is durable by itself
+    // keeps only a marker in the log (StateMachine::TakeSnapshot).
+    raft::Snapshot local = *rd.snapshot;
+    if (state_machine_.KeepsStateOnDisk()) {
+      local.data = WrapSnapshot(state_machine_.TakeSnapshot());
+    }
+    st = disk.InstallSnapshot(local);
     if (!st.ok()) return FailStop(st, "install snapshot");
   }
   if (!rd.entries.empty()) {
@@ -348,13 +361,21 @@ void Node::ApplyCommitted(const raft::Ready& rd, Outcomes* outcomes) {
       continue;
     }
     absl::Status result;
+    std::any response;
     if (kind == EntryKind::kNode) {
       result = ApplyNodeCommand(payload);
+    } else if (e.index <= state_machine_.applied()) {
+      // Applied before: the state came from a peer's newer snapshot, or survived a
+      // restart. Its client's response is lost; the request times out (indeterminate).
+      continue;
     } else {
-      const StateMachine::ApplyContext context{.nospace = !nospace_alarms_.empty()};
+      const bool wanted = pending_.contains(id);
+      const StateMachine::ApplyContext context{.nospace = !nospace_alarms_.empty(),
+                                               .term = e.term,
+                                               .response = wanted ? &response : nullptr};
       result = state_machine_.Apply(e.index, id, payload, context);
     }
-    if (pending_.contains(id)) outcomes->emplace_back(id, std::move(result));
+    if (pending_.contains(id)) outcomes->push_back({id, std::move(result), std::move(response)});
   }
 }
 
@@ -431,8 +452,29 @@ void Node::MaybeSnapshot() {
   log_.Info("TookSnapshot").Field("id", raft_->id()).Field("index", applied);
 }
 
+std::string Node::ForPeer(const raft::Snapshot& snapshot) const {
+  KEEL_ASSERT(state_machine_.KeepsStateOnDisk());
+  // The alarms as of the snapshot's index (the receiver replays the log after it), the
+  // machine's state as of now (it skips what it already has).
+  std::set<NodeId> alarms;
+  std::string_view local;
+  KEEL_ASSERT(ParseSnapshot(snapshot.data, &alarms, &local).ok());  // we wrote it
+  std::string out(snapshot.data.substr(0, snapshot.data.size() - local.size()));
+  out += state_machine_.ExportSnapshot();
+  return out;
+}
+
 void Node::SendAll(const std::vector<raft::Message>& messages) {
-  for (const raft::Message& m : messages) {
+  for (const raft::Message& original : messages) {
+    const raft::Message* to_send = &original;
+    raft::Message exported;
+    if (original.type == raft::MessageType::kSnapshot && original.snapshot &&
+        state_machine_.KeepsStateOnDisk()) {
+      exported = original;
+      exported.snapshot->data = ForPeer(*original.snapshot);
+      to_send = &exported;
+    }
+    const raft::Message& m = *to_send;
     std::string bytes = raft::EncodeMessage(m);
     if (m.type == raft::MessageType::kSnapshot && snapshot_sender_.NeedsStream(bytes)) {
       for (const raft::Message& chunk : snapshot_sender_.Start(m, std::move(bytes))) {
@@ -458,7 +500,7 @@ void Node::FailStop(const absl::Status& status, std::string_view what) {
   deadlines_.clear();
   confirmed_reads_.clear();
   for (auto& [id, p] : pending) {
-    p.done(absl::DeadlineExceededError("node stopped after a storage failure"));
+    p.done(absl::DeadlineExceededError("node stopped after a storage failure"), {});
   }
 }
 

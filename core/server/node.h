@@ -30,6 +30,7 @@
 // leader's no-op.
 
 #include <cstdint>
+#include <any>
 #include <deque>
 #include <functional>
 #include <map>
@@ -60,6 +61,8 @@ struct NodeConfig {
 class Node {
  public:
   using Done = std::function<void(absl::Status)>;
+  // With the state machine's response (ApplyContext::response), empty if it gave none.
+  using ResultDone = std::function<void(absl::Status, std::any response)>;
 
   Node(NodeConfig config, Env& env, StateMachine& state_machine);
   ~Node();
@@ -73,6 +76,7 @@ class Node {
   void Receive(std::string_view bytes);
 
   void Propose(std::string command, Done done);
+  void ProposeForResult(std::string command, ResultDone done);
   void Read(Done done);
   absl::Status TransferLeadership(NodeId to);
   // Proposes clearing `member`'s NOSPACE alarm (etcd's AlarmRequest DEACTIVATE).
@@ -86,13 +90,18 @@ class Node {
 
  private:
   struct Pending {
-    Done done;
+    ResultDone done;
   };
 
   void Tick();
   void ProcessReady();
   void PersistReady(const raft::Ready& rd);
-  using Outcomes = std::vector<std::pair<uint64_t, absl::Status>>;  // request id, result
+  struct Outcome {
+    uint64_t request_id;
+    absl::Status status;
+    std::any response;
+  };
+  using Outcomes = std::vector<Outcome>;
   void ApplyCommitted(const raft::Ready& rd, Outcomes* outcomes);
   absl::Status ApplyNodeCommand(std::string_view payload);
   void CheckSpace();
@@ -106,8 +115,9 @@ class Node {
   void FinishReads();
   void ExpireRequests();
   void SendAll(const std::vector<raft::Message>& messages);
-  void Finish(uint64_t request_id, absl::Status status);
-  uint64_t AddPending(Done done);
+  void Finish(uint64_t request_id, absl::Status status, std::any response = {});
+  uint64_t AddPending(ResultDone done);
+  std::string ForPeer(const raft::Snapshot& snapshot) const;
   void FailStop(const absl::Status& status, std::string_view what);
 
   NodeConfig config_;
