@@ -108,4 +108,41 @@ absl::Status SqliteStorage::ScanLeases(LeaseVisitor visit) const {
   return absl::OkStatus();
 }
 
+absl::Status SqliteStorage::PutRequestId(uint64_t request_id, int64_t index) {
+  if (absl::Status st = Begin(); !st.ok()) return st;
+  Stmt& put = stmts_->put_request;
+  put.Reset();
+  put.Bind(1, request_id).BindI64(2, index).Step();
+  if (!put.ok()) return failed_ = true, Error("put request id");
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStorage::DeleteRequestIdsThrough(int64_t index) {
+  if (absl::Status st = Begin(); !st.ok()) return st;
+  Stmt& del = stmts_->delete_requests;
+  del.Reset();
+  del.BindI64(1, index).Step();
+  if (!del.ok()) return failed_ = true, Error("delete request ids");
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStorage::ScanRequestIds(RequestVisitor visit) const {
+  if (failed_) return absl::FailedPreconditionError("storage failed earlier (fail-stop)");
+  Stmt& scan = stmts_->scan_requests;
+  scan.Reset();
+  while (scan.Step()) visit(scan.U64(0), scan.I64(1));
+  if (!scan.ok()) return failed_ = true, Error("scan request ids");
+  scan.Reset();
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStorage::ClearKeyspace() {
+  if (absl::Status st = Begin(); !st.ok()) return st;
+  for (const char* sql : {"DELETE FROM kv", "DELETE FROM lease", "DELETE FROM request",
+                          "DELETE FROM meta WHERE key != 'schema_version'"}) {
+    if (absl::Status st = Exec(sql); !st.ok()) return failed_ = true, st;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace keel::storage

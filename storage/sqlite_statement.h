@@ -123,12 +123,16 @@ struct SqliteStorage::Statements {
         get_meta(db, "SELECT value FROM meta WHERE key = ?"),
         put_lease(db, "INSERT OR REPLACE INTO lease (id, data) VALUES (?, ?)"),
         delete_lease(db, "DELETE FROM lease WHERE id = ?"),
-        scan_leases(db, "SELECT id, data FROM lease ORDER BY id") {}
+        scan_leases(db, "SELECT id, data FROM lease ORDER BY id"),
+        put_request(db, "INSERT OR REPLACE INTO request (id, idx) VALUES (?, ?)"),
+        delete_requests(db, "DELETE FROM request WHERE idx <= ?"),
+        scan_requests(db, "SELECT id, idx FROM request ORDER BY idx, id") {}
   bool ok() const {
     return truncate.ok() && insert.ok() && hard_state.ok() && snapshot_index.ok() &&
            snapshot.ok() && compact.ok() && begin.ok() && commit.ok() && put_revision.ok() &&
            get_revision.ok() && delete_revision.ok() && scan_revisions.ok() && put_meta.ok() &&
-           get_meta.ok() && put_lease.ok() && delete_lease.ok() && scan_leases.ok();
+           get_meta.ok() && put_lease.ok() && delete_lease.ok() && scan_leases.ok() &&
+           put_request.ok() && delete_requests.ok() && scan_requests.ok();
   }
   Stmt truncate;
   Stmt insert;
@@ -148,6 +152,9 @@ struct SqliteStorage::Statements {
   Stmt put_lease;
   Stmt delete_lease;
   Stmt scan_leases;
+  Stmt put_request;
+  Stmt delete_requests;
+  Stmt scan_requests;
 };
 
 }  // namespace keel::storage

@@ -32,6 +32,8 @@ constexpr const char* kUpgradeTo2 = R"sql(
 CREATE TABLE kv (main INTEGER NOT NULL, sub INTEGER NOT NULL, data BLOB NOT NULL,
                  PRIMARY KEY (main, sub)) WITHOUT ROWID;
 CREATE TABLE lease (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE request (id INTEGER PRIMARY KEY, idx INTEGER NOT NULL);
+CREATE INDEX request_by_idx ON request (idx);
 UPDATE meta SET value = 2 WHERE key = 'schema_version';
 )sql";
 

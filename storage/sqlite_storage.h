@@ -12,6 +12,7 @@
 //   kv(main, sub, data BLOB, PRIMARY KEY (main, sub)) WITHOUT ROWID
 //                                                  one mvccpb.KeyValue per revision
 //   lease(id INTEGER PRIMARY KEY, data BLOB)       one record per lease
+//   request(id INTEGER PRIMARY KEY, idx)           recently applied request ids, by index
 // Raft's integers are uint64s stored bit for bit in SQLite's int64; the keyspace's are
 // etcd's int64s. Reads validate them. Version 1 (no keyspace tables) is upgraded in
 // place at open.
@@ -89,6 +90,10 @@ class SqliteStorage : public server::Storage, public kv::Backend {
   absl::Status PutLease(int64_t id, std::string_view lease_bytes) override;
   absl::Status DeleteLease(int64_t id) override;
   absl::Status ScanLeases(LeaseVisitor visit) const override;
+  absl::Status PutRequestId(uint64_t request_id, int64_t index) override;
+  absl::Status DeleteRequestIdsThrough(int64_t index) override;
+  absl::Status ScanRequestIds(RequestVisitor visit) const override;
+  absl::Status ClearKeyspace() override;
 
  private:
   struct Statements;  // prepared once, reused for every write

@@ -21,12 +21,16 @@ KeyRange RangeOf(const std::string& key, const std::string& end) { return KeyRan
 
 // ---- validation (etcd's v3rpc/key.go) ----
 
+absl::Status ValidateTxnOps(const TxnRequest& r, int64_t txn_ops_max);
+
+// etcd's checkRequestOp: a nested txn gets checkTxnRequest only; duplicates are looked
+// for once every op passed (checkIntervals, from the top).
 absl::Status ValidateOp(const RequestOp& op, int64_t txn_ops_max) {
   switch (op.request_case()) {
     case RequestOp::kRequestRange: return ValidateRange(op.request_range());
     case RequestOp::kRequestPut: return ValidatePut(op.request_put());
     case RequestOp::kRequestDeleteRange: return ValidateDeleteRange(op.request_delete_range());
-    case RequestOp::kRequestTxn: return ValidateTxn(op.request_txn(), txn_ops_max);
+    case RequestOp::kRequestTxn: return ValidateTxnOps(op.request_txn(), txn_ops_max);
     case RequestOp::REQUEST_NOT_SET: break;
   }
   return ErrKeyNotFound();  // etcd's answer to an empty op
@@ -282,17 +286,19 @@ absl::Status Applier::Range(const etcdserverpb::RangeRequest& r,
   return DoRange(*store_, r, out);
 }
 
-absl::Status Applier::CheckPut(const etcdserverpb::PutRequest& r) const {
-  if (r.ignore_value() || r.ignore_lease()) {
-    // They keep the previous value or lease: there must be one.
-    absl::StatusOr<RangeResult> rr = store_->Range(RangeOf(r.key(), ""), {.count_only = true});
-    if (!rr.ok()) return rr.status();
-    if (rr->count == 0) return ErrKeyNotFound();
-  }
+absl::Status Applier::CheckPutLease(const etcdserverpb::PutRequest& r) const {
   if (r.lease() != 0 && (leases_ == nullptr || !leases_->Exists(r.lease()))) {
     return ErrLeaseNotFound();
   }
   return absl::OkStatus();
+}
+
+absl::Status Applier::CheckPutPrevious(const etcdserverpb::PutRequest& r) const {
+  if (!r.ignore_value() && !r.ignore_lease()) return absl::OkStatus();
+  // They keep the previous value or lease: there must be one.
+  absl::StatusOr<RangeResult> rr = store_->Range(RangeOf(r.key(), ""), {.count_only = true});
+  if (!rr.ok()) return rr.status();
+  return rr->count == 0 ? ErrKeyNotFound() : absl::OkStatus();
 }
 
 absl::Status Applier::DoPut(Store::Writer& w, const etcdserverpb::PutRequest& r,
@@ -321,7 +327,9 @@ absl::Status Applier::DoPut(Store::Writer& w, const etcdserverpb::PutRequest& r,
 absl::Status Applier::Put(const etcdserverpb::PutRequest& r, etcdserverpb::PutResponse* out,
                           std::vector<mvccpb::Event>* events) {
   if (absl::Status st = ValidatePut(r); !st.ok()) return st;
-  if (absl::Status st = CheckPut(r); !st.ok()) return st;
+  // etcd's order for a plain put: the lease, then the previous key.
+  if (absl::Status st = CheckPutLease(r); !st.ok()) return st;
+  if (absl::Status st = CheckPutPrevious(r); !st.ok()) return st;
   Store::Writer w = store_->Write();
   absl::Status st = DoPut(w, r, out);
   std::vector<mvccpb::Event> changes = w.End();
@@ -353,15 +361,17 @@ absl::Status Applier::DeleteRange(const etcdserverpb::DeleteRangeRequest& r,
 }
 
 absl::Status Applier::CheckTxnOps(const etcdserverpb::TxnRequest& r,
-                                  const std::vector<bool>& path, size_t* at, bool write) const {
+                                  const std::vector<bool>& path, size_t* at, bool puts) const {
   KEEL_ASSERT(*at < path.size());
   const bool taken = path[(*at)++];
   for (const RequestOp& op : taken ? r.success() : r.failure()) {
     if (op.has_request_txn()) {
-      if (absl::Status st = CheckTxnOps(op.request_txn(), path, at, write); !st.ok()) return st;
-    } else if (op.has_request_put() && write) {
-      if (absl::Status st = CheckPut(op.request_put()); !st.ok()) return st;
-    } else if (op.has_request_range()) {
+      if (absl::Status st = CheckTxnOps(op.request_txn(), path, at, puts); !st.ok()) return st;
+    } else if (op.has_request_put() && puts) {
+      // etcd's checkRequestPut: the previous key, then the lease.
+      if (absl::Status st = CheckPutPrevious(op.request_put()); !st.ok()) return st;
+      if (absl::Status st = CheckPutLease(op.request_put()); !st.ok()) return st;
+    } else if (op.has_request_range() && !puts) {
       // etcd's checkRequestRange, on the state before the txn.
       const int64_t rev = op.request_range().revision();
       if (rev == 0) continue;
@@ -419,9 +429,13 @@ absl::Status Applier::Txn(const etcdserverpb::TxnRequest& r, etcdserverpb::TxnRe
   std::vector<bool> path;
   if (absl::Status st = TakenPath(*store_, r, &path); !st.ok()) return st;
   const bool read_only = IsReadOnlyTxn(r);
+  // etcd: every put on the taken path is checked before any range.
+  for (const bool puts : {true, false}) {
+    if (puts && read_only) continue;
+    size_t at = 0;
+    if (absl::Status st = CheckTxnOps(r, path, &at, puts); !st.ok()) return st;
+  }
   size_t at = 0;
-  if (absl::Status st = CheckTxnOps(r, path, &at, !read_only); !st.ok()) return st;
-  at = 0;
   if (read_only) {
     absl::Status st = ApplyTxnOps(*store_, nullptr, r, path, &at, out);
     out->mutable_header()->set_revision(store_->revision());

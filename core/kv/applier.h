@@ -22,21 +22,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/etcdpb/forward.h"
 #include "core/etcdpb/kv.pb.h"
 #include "core/kv/store.h"
-
-namespace etcdserverpb {
-class RangeRequest;
-class RangeResponse;
-class PutRequest;
-class PutResponse;
-class DeleteRangeRequest;
-class DeleteRangeResponse;
-class TxnRequest;
-class TxnResponse;
-class CompactionRequest;
-class CompactionResponse;
-}  // namespace etcdserverpb
 
 namespace keel::kv {
 
@@ -81,6 +69,8 @@ class Applier {
   absl::Status Compact(const etcdserverpb::CompactionRequest& r,
                        etcdserverpb::CompactionResponse* out);
 
+  const ApplierLimits& limits() const { return limits_; }
+
  private:
   template <typename Reader>
   absl::Status DoRange(const Reader& reader, const etcdserverpb::RangeRequest& r,
@@ -89,9 +79,12 @@ class Applier {
                      etcdserverpb::PutResponse* out);
   absl::Status DoDeleteRange(Store::Writer& w, const etcdserverpb::DeleteRangeRequest& r,
                              etcdserverpb::DeleteRangeResponse* out);
-  absl::Status CheckPut(const etcdserverpb::PutRequest& r) const;
+  absl::Status CheckPutLease(const etcdserverpb::PutRequest& r) const;
+  absl::Status CheckPutPrevious(const etcdserverpb::PutRequest& r) const;
+  // Checks the puts (puts = true) or the ranges of the taken path, on the state before
+  // the txn.
   absl::Status CheckTxnOps(const etcdserverpb::TxnRequest& r, const std::vector<bool>& path,
-                           size_t* at, bool write) const;
+                           size_t* at, bool puts) const;
   template <typename Reader>
   absl::Status ApplyTxnOps(Reader& reader, Store::Writer* w, const etcdserverpb::TxnRequest& r,
                            const std::vector<bool>& path, size_t* at,

@@ -26,11 +26,17 @@
 
 namespace keel::kv {
 
+// The named integers (meta) the keyspace keeps, one place for every writer of them.
+inline constexpr std::string_view kMetaConsistentIndex = "consistent_index";  // applied
+inline constexpr std::string_view kMetaCompactedRevision = "compacted_revision";
+inline constexpr std::string_view kMetaLeaseClock = "lease_clock_ms";
+
 class Backend {
  public:
   // Returns false to stop the scan.
   using RevisionVisitor = absl::FunctionRef<bool(Revision, std::string_view kv_bytes)>;
   using LeaseVisitor = absl::FunctionRef<void(int64_t id, std::string_view lease_bytes)>;
+  using RequestVisitor = absl::FunctionRef<void(uint64_t request_id, int64_t index)>;
 
   virtual ~Backend() = default;
 
@@ -51,6 +57,17 @@ class Backend {
   virtual absl::Status PutLease(int64_t id, std::string_view lease_bytes) = 0;
   virtual absl::Status DeleteLease(int64_t id) = 0;
   virtual absl::Status ScanLeases(LeaseVisitor visit) const = 0;
+
+  // Recently applied request ids and their log indexes: the state machine's window
+  // for dropping a command the network duplicated.
+  virtual absl::Status PutRequestId(uint64_t request_id, int64_t index) = 0;
+  // Forgets the request ids applied at or below `index`.
+  virtual absl::Status DeleteRequestIdsThrough(int64_t index) = 0;
+  virtual absl::Status ScanRequestIds(RequestVisitor visit) const = 0;
+
+  // Deletes every record above: revisions, meta values, leases, request ids (before a
+  // snapshot from a peer replaces the keyspace).
+  virtual absl::Status ClearKeyspace() = 0;
 };
 
 }  // namespace keel::kv

@@ -1,5 +1,6 @@
 #include "core/kv/store.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -8,8 +9,6 @@
 
 namespace keel::kv {
 namespace {
-
-constexpr std::string_view kMetaCompacted = "compacted_revision";
 
 bool IsTombstone(const mvccpb::KeyValue& kv) { return kv.create_revision() == 0; }
 
@@ -40,11 +39,11 @@ Store::Store(Backend* backend, LeaseAttachments* leases) : backend_(backend), le
 absl::Status Store::Load() {
   KEEL_ASSERT(!writing_);
   index_.clear();
-  revision_ = 0;
-  absl::StatusOr<std::optional<int64_t>> compacted = backend_->GetMeta(kMetaCompacted);
+  revision_ = 1;
+  absl::StatusOr<std::optional<int64_t>> compacted = backend_->GetMeta(kMetaCompactedRevision);
   if (!compacted.ok()) return Fatal(compacted.status());
-  compacted_ = compacted->value_or(0);
-  if (compacted_ < 0) return absl::DataLossError("keyspace: negative compacted revision");
+  compacted_ = compacted->value_or(-1);
+  if (compacted_ < -1) return absl::DataLossError("keyspace: bad compacted revision");
   absl::Status corrupt;
   Revision last;
   absl::Status st = backend_->ScanRevisions(
@@ -74,8 +73,8 @@ absl::Status Store::Load() {
   if (!st.ok()) return Fatal(st);
   if (!corrupt.ok()) return corrupt;
   // etcd: a compaction may have dropped the newest record (a tombstone), so the
-  // revision is at least the compaction point.
-  revision_ = std::max(last.main, compacted_);
+  // revision is at least the compaction point; a new store is at 1.
+  revision_ = std::max({last.main, compacted_, int64_t{1}});
   return absl::OkStatus();
 }
 
@@ -153,7 +152,7 @@ absl::Status Store::Compact(int64_t rev) {
   for (Revision r : dropped) {
     if (absl::Status st = backend_->DeleteRevision(r); !st.ok()) return Fatal(st);
   }
-  if (absl::Status st = backend_->PutMeta(kMetaCompacted, rev); !st.ok()) return Fatal(st);
+  if (absl::Status st = backend_->PutMeta(kMetaCompactedRevision, rev); !st.ok()) return Fatal(st);
   compacted_ = rev;
   return absl::OkStatus();
 }

@@ -5,8 +5,9 @@
 // request is one Writer, whose changes share the main revision current + 1 with sub
 // revisions 0, 1, ... in order.
 //
-// Reads at a revision below the compacted one fail with ErrCompacted, above the
-// current one with ErrFutureRev (etcd's rangeKeys). Writes cannot fail but for storage
+// As etcd's, a new store is at revision 1 (its first write makes revision 2) and has
+// compacted() = -1 (never compacted). Reads at a revision below the compacted one fail
+// with ErrCompacted, above the current one with ErrFutureRev (etcd's rangeKeys). Writes cannot fail but for storage
 // failures: the caller validates a request completely before it opens a Writer, so a
 // bad request changes nothing (etcd's applier does the same).
 //
@@ -102,8 +103,8 @@ class Store {
   LeaseAttachments* leases_;
   // std::less<>: lookups by std::string_view (absl 20220623 knows only absl::string_view).
   absl::btree_map<std::string, KeyIndex, std::less<>> index_;
-  int64_t revision_ = 0;
-  int64_t compacted_ = 0;
+  int64_t revision_ = 1;
+  int64_t compacted_ = -1;  // never compacted
   bool writing_ = false;
 };
 

@@ -374,6 +374,9 @@ void Node::ApplyCommitted(const raft::Ready& rd, Outcomes* outcomes) {
                                                .term = e.term,
                                                .response = wanted ? &response : nullptr};
       result = state_machine_.Apply(e.index, id, payload, context);
+      if (absl::Status health = state_machine_.health(); !health.ok()) {
+        return FailStop(health, "apply");
+      }
     }
     if (pending_.contains(id)) outcomes->push_back({id, std::move(result), std::move(response)});
   }

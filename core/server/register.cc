@@ -4,39 +4,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/assert.h"
+#include "core/bytes.h"
 
 namespace keel::server {
-namespace {
-
-void PutU64(std::string* out, uint64_t v) {
-  char buf[8];
-  for (int k = 0; k < 8; ++k) buf[k] = static_cast<char>(v >> (8 * k));
-  out->append(buf, 8);
-}
-
-class Reader {
- public:
-  explicit Reader(std::string_view data) : data_(data) {}
-  bool U64(uint64_t* v) {
-    if (data_.size() < 8) return false;
-    *v = 0;
-    for (int k = 0; k < 8; ++k) *v |= static_cast<uint64_t>(static_cast<uint8_t>(data_[k])) << (8 * k);
-    data_.remove_prefix(8);
-    return true;
-  }
-  bool Bytes(uint64_t n, std::string* out) {
-    if (data_.size() < n) return false;
-    out->assign(data_.substr(0, n));
-    data_.remove_prefix(n);
-    return true;
-  }
-  bool Done() const { return data_.empty(); }
-
- private:
-  std::string_view data_;
-};
-
-}  // namespace
 
 absl::Status Register::Apply(LogIndex index, uint64_t request_id, std::string_view command,
                              const ApplyContext& context) {
@@ -78,7 +48,7 @@ std::string Register::TakeSnapshot() const {
 absl::Status Register::Parse(LogIndex index, std::string_view data, State* state) {
   std::vector<Value>* values = &state->values;
   absl::btree_map<uint64_t, bool>* seen = &state->seen;
-  Reader r(data);
+  ByteReader r(data);
   uint64_t count = 0;
   if (!r.U64(&count)) return absl::DataLossError("register snapshot header is corrupt");
   for (uint64_t k = 0; k < count; ++k) {

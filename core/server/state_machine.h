@@ -39,6 +39,9 @@ class StateMachine {
   virtual absl::Status Apply(LogIndex index, uint64_t request_id, std::string_view command,
                              const ApplyContext& context) = 0;
   virtual LogIndex applied() const = 0;
+  // OK, or the first storage failure the machine met (its state on disk is then
+  // unknown): the node must fail-stop.
+  virtual absl::Status health() const { return absl::OkStatus(); }
   // Whether `command` needs disk space: refused under the NOSPACE alarm (etcd refuses
   // puts, txns with puts and lease grants; deletes and compaction still pass).
   virtual bool NeedsSpace(std::string_view command) const = 0;

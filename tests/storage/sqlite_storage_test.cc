@@ -148,7 +148,8 @@ TEST_F(SqliteStorageTest, AVersionOneDatabaseIsUpgradedInPlaceKeepingItsLog) {
     ASSERT_TRUE(s->SaveHardState({Term(1), kNoNode, LogIndex(0)}).ok());
     ASSERT_TRUE(s->Sync().ok());
   }
-  RawSql("DROP TABLE kv; DROP TABLE lease; UPDATE meta SET value = 1 WHERE key = 'schema_version'");
+  RawSql("DROP TABLE kv; DROP TABLE lease; DROP TABLE request; "
+         "UPDATE meta SET value = 1 WHERE key = 'schema_version'");
   auto s = OpenOk();
   ASSERT_NE(s, nullptr);
   absl::StatusOr<raft::RecoveredState> r = s->Load();

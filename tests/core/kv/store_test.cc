@@ -55,19 +55,91 @@ class StoreTest : public ::testing::Test {
   Store store{&backend, &leases};
 };
 
-TEST_F(StoreTest, EachWriteRequestIsOneRevisionAndCarriesVersions) {
+// etcd's mvcc store: a new store is at revision 1 and has never been compacted
+// (compactMainRev -1); its first write makes revision 2.
+TEST_F(StoreTest, ANewStoreIsAtRevisionOneAndItsFirstWriteMakesRevisionTwo) {
+  EXPECT_EQ(store.revision(), 1);
+  EXPECT_EQ(store.compacted(), -1);
+  EXPECT_EQ(store.key_count(), 0u);
+  absl::StatusOr<RangeResult> empty = store.Range({"a", std::string_view("\0", 1)}, {});
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_TRUE(empty->kvs.empty());
+  EXPECT_EQ(empty->revision, 1);
+  EXPECT_TRUE(store.Range({"a", ""}, {.revision = 1}).ok()) << "revision 1 is readable";
+  EXPECT_EQ(store.Range({"a", ""}, {.revision = 2}).status(), ErrFutureRev());
+
   Put("a", "1");
-  Put("a", "2");
-  Put("b", "x");
-  EXPECT_EQ(store.revision(), 3);
+  EXPECT_EQ(store.revision(), 2);
+  EXPECT_EQ(store.compacted(), -1);
+  absl::StatusOr<RangeResult> rr = store.Range({"a", ""}, {});
+  ASSERT_TRUE(rr.ok()) << rr.status();
+  ASSERT_EQ(rr->kvs.size(), 1u);
+  EXPECT_EQ(rr->kvs[0].create_revision(), 2);
+  EXPECT_EQ(rr->kvs[0].mod_revision(), 2);
+  EXPECT_EQ(rr->kvs[0].version(), 1);
+  EXPECT_EQ(rr->revision, 2);
+  std::vector<Revision> records;
+  for (const auto& [rev, bytes] : backend.revisions()) records.push_back(rev);
+  EXPECT_THAT(records, ElementsAre(Revision{2, 0}));
+  absl::StatusOr<RangeResult> at1 = store.Range({"a", ""}, {.revision = 1});
+  ASSERT_TRUE(at1.ok()) << at1.status();
+  EXPECT_TRUE(at1->kvs.empty()) << "nothing at revision 1";
+  store.CheckInvariants();
+}
+
+// etcd's store.compact refuses rev <= compactMainRev (ErrCompacted) and rev > currentRev
+// (ErrFutureRev): on a new store (-1, 1) that accepts 0 and 1, and refuses 2.
+TEST_F(StoreTest, ANewStoreCompactsAtOneButNotAtTwo) {
+  EXPECT_EQ(store.Compact(2), ErrFutureRev());
+  EXPECT_EQ(store.compacted(), -1);
+  EXPECT_EQ(store.Compact(1), absl::OkStatus());
+  EXPECT_EQ(store.compacted(), 1);
+  EXPECT_EQ(store.revision(), 1);
+  EXPECT_EQ(store.Compact(1), ErrCompacted());
+  EXPECT_EQ(store.Compact(0), ErrCompacted());
+  EXPECT_EQ(store.Compact(2), ErrFutureRev());
+  Put("a", "1");
+  EXPECT_EQ(store.revision(), 2) << "compaction takes no revision";
+  EXPECT_EQ(store.Compact(2), absl::OkStatus());
+  EXPECT_EQ(store.compacted(), 2);
+  store.CheckInvariants();
+
+  MemoryBackend other_backend;
+  Store other(&other_backend, nullptr);
+  EXPECT_EQ(other.Compact(0), absl::OkStatus()) << "0 > -1: accepted, as in etcd";
+  EXPECT_EQ(other.compacted(), 0);
+  EXPECT_EQ(other.Compact(0), ErrCompacted());
+  EXPECT_EQ(other.Compact(1), absl::OkStatus());
+  EXPECT_EQ(other.compacted(), 1);
+}
+
+// Load of an empty backend gives a new store: revision 1, never compacted.
+TEST_F(StoreTest, LoadOfAnEmptyBackendIsANewStore) {
+  Store loaded(&backend, nullptr);
+  ASSERT_TRUE(loaded.Load().ok());
+  EXPECT_EQ(loaded.revision(), 1);
+  EXPECT_EQ(loaded.compacted(), -1);
+  // A compaction at 1 with no record: revision max(last record, compacted, 1) = 1.
+  ASSERT_TRUE(loaded.Compact(1).ok());
+  Store reloaded(&backend, nullptr);
+  ASSERT_TRUE(reloaded.Load().ok());
+  EXPECT_EQ(reloaded.revision(), 1);
+  EXPECT_EQ(reloaded.compacted(), 1);
+}
+
+TEST_F(StoreTest, EachWriteRequestIsOneRevisionAndCarriesVersions) {
+  Put("a", "1");  // 2
+  Put("a", "2");  // 3
+  Put("b", "x");  // 4
+  EXPECT_EQ(store.revision(), 4);
   absl::StatusOr<RangeResult> rr = store.Range(KeyRange{"a", ""}, {});
   ASSERT_TRUE(rr.ok());
   ASSERT_EQ(rr->kvs.size(), 1u);
   EXPECT_EQ(rr->kvs[0].value(), "2");
-  EXPECT_EQ(rr->kvs[0].create_revision(), 1);
-  EXPECT_EQ(rr->kvs[0].mod_revision(), 2);
+  EXPECT_EQ(rr->kvs[0].create_revision(), 2);
+  EXPECT_EQ(rr->kvs[0].mod_revision(), 3);
   EXPECT_EQ(rr->kvs[0].version(), 2);
-  EXPECT_EQ(rr->revision, 3);
+  EXPECT_EQ(rr->revision, 4);
 }
 
 TEST_F(StoreTest, ChangesInOneWriterShareAMainRevisionWithOrderedSubs) {
@@ -77,18 +149,18 @@ TEST_F(StoreTest, ChangesInOneWriterShareAMainRevisionWithOrderedSubs) {
   absl::StatusOr<RangeResult> inside = w.Range(KeyRange{"a", "c"}, {});
   ASSERT_TRUE(inside.ok());
   EXPECT_EQ(inside->kvs.size(), 2u) << "a writer reads its own writes";
-  EXPECT_EQ(inside->revision, 1);
+  EXPECT_EQ(inside->revision, 2);
   std::vector<mvccpb::Event> events = w.End();
   ASSERT_EQ(events.size(), 2u);
-  EXPECT_EQ(store.revision(), 1);
-  EXPECT_TRUE(backend.revisions().contains(Revision{1, 0}));
-  EXPECT_TRUE(backend.revisions().contains(Revision{1, 1}));
+  EXPECT_EQ(store.revision(), 2);
+  EXPECT_TRUE(backend.revisions().contains(Revision{2, 0}));
+  EXPECT_TRUE(backend.revisions().contains(Revision{2, 1}));
 }
 
 TEST_F(StoreTest, AWriterThatChangesNothingTakesNoRevision) {
-  Put("a", "1");
+  Put("a", "1");  // 2
   EXPECT_EQ(Delete("zzz"), 0);
-  EXPECT_EQ(store.revision(), 1);
+  EXPECT_EQ(store.revision(), 2);
 }
 
 TEST_F(StoreTest, RangeEndConventions) {
@@ -106,69 +178,71 @@ TEST_F(StoreTest, RangeEndConventions) {
 }
 
 TEST_F(StoreTest, HistoricalReadsAndTheirErrors) {
-  Put("a", "1");  // 1
-  Put("a", "2");  // 2
-  Delete("a");    // 3
-  Put("a", "3");  // 4
+  Put("a", "1");  // 2
+  Put("a", "2");  // 3
+  Delete("a");    // 4
+  Put("a", "3");  // 5
   auto value_at = [&](int64_t rev) -> std::string {
     absl::StatusOr<RangeResult> rr = store.Range({"a", ""}, {.revision = rev});
     if (!rr.ok()) return rr.status().ToString();
     return rr->kvs.empty() ? "<none>" : rr->kvs[0].value();
   };
-  EXPECT_EQ(value_at(1), "1");
-  EXPECT_EQ(value_at(2), "2");
-  EXPECT_EQ(value_at(3), "<none>");
-  EXPECT_EQ(value_at(4), "3");
+  EXPECT_EQ(value_at(1), "<none>");
+  EXPECT_EQ(value_at(2), "1");
+  EXPECT_EQ(value_at(3), "2");
+  EXPECT_EQ(value_at(4), "<none>");
+  EXPECT_EQ(value_at(5), "3");
   EXPECT_EQ(value_at(0), "3");
-  EXPECT_EQ(store.Range({"a", ""}, {.revision = 5}).status(), ErrFutureRev());
-  ASSERT_TRUE(store.Compact(2).ok());
+  EXPECT_EQ(store.Range({"a", ""}, {.revision = 6}).status(), ErrFutureRev());
+  ASSERT_TRUE(store.Compact(3).ok());
+  EXPECT_EQ(store.Range({"a", ""}, {.revision = 2}).status(), ErrCompacted());
   EXPECT_EQ(store.Range({"a", ""}, {.revision = 1}).status(), ErrCompacted());
-  EXPECT_EQ(value_at(2), "2") << "the compaction point itself stays readable";
+  EXPECT_EQ(value_at(3), "2") << "the compaction point itself stays readable";
+  EXPECT_EQ(store.Compact(3), ErrCompacted());
   EXPECT_EQ(store.Compact(2), ErrCompacted());
-  EXPECT_EQ(store.Compact(1), ErrCompacted());
-  EXPECT_EQ(store.Compact(5), ErrFutureRev());
+  EXPECT_EQ(store.Compact(6), ErrFutureRev());
 }
 
 TEST_F(StoreTest, CompactionDeletesExactlyTheInvisibleRevisions) {
-  Put("a", "1");  // 1
-  Put("a", "2");  // 2
-  Put("b", "1");  // 3
-  Delete("b");    // 4
-  Put("c", "1");  // 5
-  ASSERT_TRUE(store.Compact(4).ok());
+  Put("a", "1");  // 2
+  Put("a", "2");  // 3
+  Put("b", "1");  // 4
+  Delete("b");    // 5
+  Put("c", "1");  // 6
+  ASSERT_TRUE(store.Compact(5).ok());
   std::vector<Revision> left;
   for (const auto& [rev, bytes] : backend.revisions()) left.push_back(rev);
-  EXPECT_THAT(left, ElementsAre(Revision{2, 0}, Revision{5, 0}));
+  EXPECT_THAT(left, ElementsAre(Revision{3, 0}, Revision{6, 0}));
   EXPECT_EQ(store.key_count(), 2u) << "b's history is gone";
   store.CheckInvariants();
 }
 
 TEST_F(StoreTest, EventsReplayHistoryFromTheBackend) {
-  Put("a", "1");
-  Delete("a");
-  Put("b", "2");
+  Put("a", "1");  // 2
+  Delete("a");    // 3
+  Put("b", "2");  // 4
   std::vector<mvccpb::Event> events;
-  ASSERT_TRUE(store.Events(2, 4, &events).ok());
+  ASSERT_TRUE(store.Events(3, 5, &events).ok());
   ASSERT_EQ(events.size(), 2u);
   EXPECT_EQ(events[0].type(), mvccpb::Event::DELETE);
   EXPECT_EQ(events[0].kv().key(), "a");
-  EXPECT_EQ(events[0].kv().mod_revision(), 2);
+  EXPECT_EQ(events[0].kv().mod_revision(), 3);
   EXPECT_EQ(events[1].type(), mvccpb::Event::PUT);
   EXPECT_EQ(events[1].kv().value(), "2");
 }
 
 TEST_F(StoreTest, LoadRebuildsTheSameKeyspace) {
-  Put("a", "1", 7);
-  Put("b", "1");
-  Delete("b");
-  Put("c", "1", 8);
-  Put("c", "2", 9);
-  ASSERT_TRUE(store.Compact(3).ok());
+  Put("a", "1", 7);  // 2
+  Put("b", "1");     // 3
+  Delete("b");       // 4
+  Put("c", "1", 8);  // 5
+  Put("c", "2", 9);  // 6
+  ASSERT_TRUE(store.Compact(4).ok());
   RecordingLeases reloaded_leases;
   Store reloaded(&backend, &reloaded_leases);
   ASSERT_TRUE(reloaded.Load().ok());
-  EXPECT_EQ(reloaded.revision(), 5);
-  EXPECT_EQ(reloaded.compacted(), 3);
+  EXPECT_EQ(reloaded.revision(), 6);
+  EXPECT_EQ(reloaded.compacted(), 4);
   EXPECT_EQ(reloaded_leases.bound, (std::map<std::string, int64_t>{{"a", 7}, {"c", 9}}));
   EXPECT_EQ(reloaded_leases.bound, leases.bound);
   absl::StatusOr<RangeResult> rr = reloaded.Range({"a", std::string_view("\0", 1)}, {});
@@ -179,25 +253,27 @@ TEST_F(StoreTest, LoadRebuildsTheSameKeyspace) {
 }
 
 TEST_F(StoreTest, LoadKeepsTheRevisionOfACompactedAwayDelete) {
-  Put("a", "1");
-  Delete("a");
-  ASSERT_TRUE(store.Compact(2).ok());
+  Put("a", "1");  // 2
+  Delete("a");    // 3
+  ASSERT_TRUE(store.Compact(3).ok());
   EXPECT_EQ(backend.revision_count(), 0u);
   Store reloaded(&backend, nullptr);
   ASSERT_TRUE(reloaded.Load().ok());
-  EXPECT_EQ(reloaded.revision(), 2);
+  EXPECT_EQ(reloaded.revision(), 3);
+  EXPECT_EQ(reloaded.compacted(), 3);
 }
 
 TEST_F(StoreTest, LoadRefusesCorruptRecords) {
-  Put("a", "1");
-  backend.revisions()[Revision{1, 0}] = "\xff\xff not a protobuf";
+  Put("a", "1");  // 2
+  ASSERT_TRUE(backend.revisions().contains(Revision{2, 0}));
+  backend.revisions()[Revision{2, 0}] = "\xff\xff not a protobuf";
   Store reloaded(&backend, nullptr);
   EXPECT_EQ(reloaded.Load().code(), absl::StatusCode::kDataLoss);
   backend.revisions().clear();
   mvccpb::KeyValue tomb;
   tomb.set_key("ghost");
-  tomb.set_mod_revision(1);
-  backend.revisions()[Revision{1, 0}] = tomb.SerializeAsString();
+  tomb.set_mod_revision(2);
+  backend.revisions()[Revision{2, 0}] = tomb.SerializeAsString();
   EXPECT_EQ(reloaded.Load().code(), absl::StatusCode::kDataLoss) << "delete of a non-live key";
 }
 

@@ -1,0 +1,334 @@
+#include "core/server/kv_server.h"
+
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "core/assert.h"
+#include "core/etcdpb/rpc.pb.h"
+#include "core/kv/errors.h"
+#include "core/lease/lease.pb.h"
+#include "core/server/command.pb.h"
+
+namespace keel::server {
+
+absl::Status ErrNotLeader() { return absl::FailedPreconditionError("etcdserver: not leader"); }
+absl::Status ErrLeaderChanged() { return absl::UnavailableError("etcdserver: leader changed"); }
+
+namespace {
+constexpr int64_t kAwaitRevocation = std::numeric_limits<int64_t>::max();
+}  // namespace
+
+KvServer::KvServer(KvServerConfig config, Env& env, Node& node, KvStateMachine& machine)
+    : config_(std::move(config)),
+      env_(env),
+      node_(node),
+      machine_(machine),
+      log_(env.Log()),
+      lessor_(&machine.leases(), config_.lessor) {
+  machine_.SetListener(this);
+}
+
+KvServer::~KvServer() {
+  *alive_ = false;
+  machine_.SetListener(nullptr);
+  if (tick_timer_ != 0) env_.CancelTimer(tick_timer_);
+  if (deferred_timer_ != 0) env_.CancelTimer(deferred_timer_);
+}
+
+void KvServer::Start() {
+  KEEL_ASSERT(tick_timer_ == 0);
+  tick_timer_ = env_.SetTimer(node_.config().tick_interval, [this] { Tick(); });
+}
+
+void KvServer::Tick() {
+  tick_timer_ = env_.SetTimer(node_.config().tick_interval, [this] { Tick(); });
+  if (node_.stopped()) {
+    if (lessor_.primary()) lessor_.Demote();
+    FailLeaseWaiters(absl::UnavailableError("node stopped"));
+    return;
+  }
+  FollowLeadership();
+  if (lessor_.primary()) ProposeCheckpoint();
+  ExpireLeaseWaiters();
+}
+
+void KvServer::FollowLeadership() {
+  const raft::Raft& raft = node_.raft();
+  const bool leads = raft.role() == raft::Role::kLeader;
+  if (leads && (!lessor_.primary() || lessor_.term() != raft.term())) {
+    FailLeaseWaiters(ErrLeaderChanged());
+    lessor_.Promote(raft.term(), env_.Now());
+    log_.Info("LessorPromoted").Field("id", raft.id()).Field("term", raft.term())
+        .Field("lease_clock_ms", machine_.leases().clock_ms());
+  } else if (!leads && lessor_.primary()) {
+    lessor_.Demote();
+    FailLeaseWaiters(ErrLeaderChanged());
+    log_.Info("LessorDemoted").Field("id", raft.id()).Field("term", raft.term());
+  }
+}
+
+void KvServer::ProposeCheckpoint() {
+  std::optional<leasepb::Checkpoint> cp = lessor_.TakeCheckpoint(env_.Now());
+  if (!cp) return;
+  serverpb::Command c;
+  *c.mutable_lease_checkpoint() = *cp;
+  node_.Propose(c.SerializeAsString(), [this, alive = alive_, cp = *cp](absl::Status st) {
+    // Refused, or its fate unknown: its renewals go again with the next checkpoint (a
+    // renewal applied twice is harmless: expiries only grow).
+    if (*alive && !st.ok()) lessor_.OnDropped(cp);
+  });
+}
+
+void KvServer::FillHeader(etcdserverpb::ResponseHeader* header) const {
+  header->set_cluster_id(config_.cluster_id);
+  header->set_member_id(node_.raft().id().value);
+  header->set_raft_term(node_.raft().term().value);
+}
+
+void KvServer::Defer(std::function<void()> fn) {
+  deferred_.push_back(std::move(fn));
+  if (deferred_timer_ != 0) return;
+  deferred_timer_ = env_.SetTimer(Nanos(0), [this] {
+    deferred_timer_ = 0;
+    RunDeferred();
+  });
+}
+
+void KvServer::RunDeferred() {
+  std::deque<std::function<void()>> run;
+  run.swap(deferred_);
+  for (auto& fn : run) fn();
+}
+
+template <typename Response>
+void KvServer::ProposeCommand(std::string command, Reply<Response> reply) {
+  node_.ProposeForResult(std::move(command), [this, alive = alive_, reply = std::move(reply)](
+                                                 absl::Status st, std::any response) {
+    if (!st.ok()) return reply(std::move(st));
+    Response* r = std::any_cast<Response>(&response);
+    if (r == nullptr) return reply(absl::InternalError("the state machine gave no response"));
+    if (*alive) FillHeader(r->mutable_header());
+    reply(std::move(*r));
+  });
+}
+
+void KvServer::Range(const etcdserverpb::RangeRequest& r,
+                     Reply<etcdserverpb::RangeResponse> reply) {
+  if (absl::Status st = kv::ValidateRange(r); !st.ok()) return reply(st);
+  auto serve = [this, r, reply] {
+    etcdserverpb::RangeResponse resp;
+    if (absl::Status st = machine_.applier().Range(r, &resp); !st.ok()) return reply(st);
+    FillHeader(resp.mutable_header());
+    reply(std::move(resp));
+  };
+  if (r.serializable()) return serve();
+  node_.Read([alive = alive_, serve, reply](absl::Status st) {
+    if (!st.ok()) return reply(st);
+    if (!*alive) return reply(absl::UnavailableError("server stopped"));
+    serve();
+  });
+}
+
+void KvServer::Put(const etcdserverpb::PutRequest& r, Reply<etcdserverpb::PutResponse> reply) {
+  if (absl::Status st = kv::ValidatePut(r); !st.ok()) return reply(st);
+  serverpb::Command c;
+  *c.mutable_put() = r;
+  ProposeCommand(c.SerializeAsString(), std::move(reply));
+}
+
+void KvServer::DeleteRange(const etcdserverpb::DeleteRangeRequest& r,
+                           Reply<etcdserverpb::DeleteRangeResponse> reply) {
+  if (absl::Status st = kv::ValidateDeleteRange(r); !st.ok()) return reply(st);
+  serverpb::Command c;
+  *c.mutable_delete_range() = r;
+  ProposeCommand(c.SerializeAsString(), std::move(reply));
+}
+
+void KvServer::Txn(const etcdserverpb::TxnRequest& r, Reply<etcdserverpb::TxnResponse> reply) {
+  if (absl::Status st = kv::ValidateTxn(r, machine_.applier().limits().txn_ops_max); !st.ok()) {
+    return reply(st);
+  }
+  if (!kv::IsReadOnlyTxn(r)) {
+    serverpb::Command c;
+    *c.mutable_txn() = r;
+    return ProposeCommand(c.SerializeAsString(), std::move(reply));
+  }
+  // Read-only: a linearizable read, served locally at a confirmed read point.
+  node_.Read([this, alive = alive_, r, reply](absl::Status st) {
+    if (!st.ok()) return reply(st);
+    if (!*alive) return reply(absl::UnavailableError("server stopped"));
+    etcdserverpb::TxnResponse resp;
+    if (absl::Status read = machine_.applier().ReadTxn(r, &resp); !read.ok()) return reply(read);
+    FillHeader(resp.mutable_header());
+    reply(std::move(resp));
+  });
+}
+
+void KvServer::Compact(const etcdserverpb::CompactionRequest& r,
+                       Reply<etcdserverpb::CompactionResponse> reply) {
+  serverpb::Command c;
+  *c.mutable_compaction() = r;
+  ProposeCommand(c.SerializeAsString(), std::move(reply));
+}
+
+void KvServer::LeaseGrant(const etcdserverpb::LeaseGrantRequest& r,
+                          Reply<etcdserverpb::LeaseGrantResponse> reply) {
+  if (r.ttl() > lease::LeaseConfig().max_ttl_seconds) return reply(kv::ErrLeaseTTLTooLarge());
+  if (r.id() < 0) return reply(absl::InvalidArgumentError("etcdserver: bad lease id"));
+  serverpb::Command c;
+  *c.mutable_lease_grant() = r;
+  // etcd: the server picks an id when the client did not (a positive int64).
+  while (c.lease_grant().id() == 0) {
+    c.mutable_lease_grant()->set_id(static_cast<int64_t>(env_.Random().Next() >> 1));
+  }
+  ProposeCommand(c.SerializeAsString(), std::move(reply));
+}
+
+void KvServer::LeaseRevoke(const etcdserverpb::LeaseRevokeRequest& r,
+                           Reply<etcdserverpb::LeaseRevokeResponse> reply) {
+  serverpb::Command c;
+  *c.mutable_lease_revoke() = r;
+  ProposeCommand(c.SerializeAsString(), std::move(reply));
+}
+
+void KvServer::LeaseKeepAlive(int64_t id, Reply<int64_t> reply) {
+  FollowLeadership();
+  if (!lessor_.primary()) return reply(ErrNotLeader());
+  if (machine_.leases().Find(id) != nullptr && !lessor_.Expired(id, env_.Now())) {
+    return RenewNow(id, std::move(reply));
+  }
+  if (config_.bugs.lease_gone_without_confirmation) return reply(kv::ErrLeaseNotFound());
+  ConfirmThenKeepAlive(id, std::move(reply));
+}
+
+void KvServer::RenewNow(int64_t id, Reply<int64_t> reply) {
+  if (waiters_.size() >= config_.lease_waiters_max) {
+    return reply(absl::ResourceExhaustedError("etcdserver: too many requests"));
+  }
+  AddLeaseWaiter(id, lessor_.Renew(id, env_.Now()), std::move(reply));
+  ProposeCheckpoint();  // at once, unless enough are in flight (then it batches)
+}
+
+void KvServer::ConfirmThenKeepAlive(int64_t id, Reply<int64_t> reply) {
+  node_.Read([this, alive = alive_, id, reply](absl::Status st) {
+    if (!st.ok()) return reply(st);
+    if (!*alive) return reply(absl::UnavailableError("server stopped"));
+    FollowLeadership();
+    if (!lessor_.primary()) return reply(ErrNotLeader());
+    if (machine_.leases().Find(id) == nullptr) return reply(kv::ErrLeaseNotFound());
+    if (!lessor_.Expired(id, env_.Now())) return RenewNow(id, reply);
+    // Expired on a confirmed leader's clock: gone once its revocation applies.
+    if (waiters_.size() >= config_.lease_waiters_max) {
+      return reply(absl::ResourceExhaustedError("etcdserver: too many requests"));
+    }
+    AddLeaseWaiter(id, kAwaitRevocation, reply);
+    ProposeCheckpoint();
+  });
+}
+
+void KvServer::AddLeaseWaiter(int64_t lease, int64_t expiry_ms, Reply<int64_t> reply) {
+  const uint64_t id = next_waiter_id_++;
+  waiters_.emplace(id, LeaseWaiter{lease, expiry_ms, std::move(reply)});
+  waiters_by_lease_.emplace(lease, id);
+  waiter_deadlines_.emplace_back(env_.Now() + config_.request_timeout, id);
+}
+
+void KvServer::AnswerLeaseWaiters(int64_t lease, const absl::StatusOr<int64_t>& answer,
+                                  int64_t expiry_reached_ms) {
+  auto [first, last] = waiters_by_lease_.equal_range(lease);
+  for (auto it = first; it != last;) {
+    auto w = waiters_.find(it->second);
+    KEEL_ASSERT(w != waiters_.end());
+    if (answer.ok() && w->second.expiry_ms > expiry_reached_ms) {
+      ++it;  // a later renewal, still on its way
+      continue;
+    }
+    Defer([reply = std::move(w->second.reply), answer] { reply(answer); });
+    waiters_.erase(w);
+    it = waiters_by_lease_.erase(it);
+  }
+}
+
+void KvServer::FailLeaseWaiters(const absl::Status& status) {
+  for (auto& [id, w] : waiters_) Defer([reply = std::move(w.reply), status] { reply(status); });
+  waiters_.clear();
+  waiters_by_lease_.clear();
+  waiter_deadlines_.clear();
+}
+
+void KvServer::ExpireLeaseWaiters() {
+  const Nanos now = env_.Now();
+  while (!waiter_deadlines_.empty() && waiter_deadlines_.front().first <= now) {
+    const uint64_t id = waiter_deadlines_.front().second;
+    waiter_deadlines_.pop_front();
+    auto w = waiters_.find(id);
+    if (w == waiters_.end()) continue;  // answered already
+    auto [first, last] = waiters_by_lease_.equal_range(w->second.lease);
+    for (auto it = first; it != last; ++it) {
+      if (it->second == id) {
+        waiters_by_lease_.erase(it);
+        break;
+      }
+    }
+    Defer([reply = std::move(w->second.reply)] {
+      reply(absl::DeadlineExceededError("etcdserver: request timed out"));
+    });
+    waiters_.erase(w);
+  }
+}
+
+void KvServer::LeaseTimeToLive(const etcdserverpb::LeaseTimeToLiveRequest& r,
+                               Reply<etcdserverpb::LeaseTimeToLiveResponse> reply) {
+  FollowLeadership();
+  if (!lessor_.primary()) return reply(ErrNotLeader());
+  node_.Read([this, alive = alive_, r, reply](absl::Status st) {
+    if (!st.ok()) return reply(st);
+    if (!*alive) return reply(absl::UnavailableError("server stopped"));
+    FollowLeadership();
+    if (!lessor_.primary()) return reply(ErrNotLeader());
+    const lease::LeaseTable::Lease* l = machine_.leases().Find(r.id());
+    if (l == nullptr) return reply(kv::ErrLeaseNotFound());
+    etcdserverpb::LeaseTimeToLiveResponse resp;
+    FillHeader(resp.mutable_header());
+    resp.mutable_header()->set_revision(machine_.store().revision());
+    resp.set_id(r.id());
+    const int64_t remaining_ms = lessor_.ExpiryMs(r.id()) - lessor_.ClockMs(env_.Now());
+    resp.set_ttl(std::max<int64_t>(0, remaining_ms / 1000));
+    resp.set_grantedttl(l->ttl_seconds);
+    if (r.keys()) {
+      for (const std::string& key : l->keys) resp.add_keys(key);
+    }
+    reply(std::move(resp));
+  });
+}
+
+std::vector<int64_t> KvServer::Leases() const {
+  std::vector<int64_t> out;
+  out.reserve(machine_.leases().size());
+  for (const auto& [id, l] : machine_.leases().leases()) out.push_back(id);
+  return out;
+}
+
+void KvServer::OnEvents(const std::vector<mvccpb::Event>& events) {
+  // The watch hub (core/watch) takes them from here.
+}
+
+void KvServer::OnLeaseCheckpoint(const leasepb::Checkpoint& checkpoint,
+                                 const std::vector<int64_t>& revoked) {
+  lessor_.OnApplied(checkpoint);
+  for (const leasepb::Renewal& r : checkpoint.renewals()) {
+    const lease::LeaseTable::Lease* l = machine_.leases().Find(r.id());
+    if (l != nullptr) AnswerLeaseWaiters(r.id(), l->ttl_seconds, l->expiry_ms);
+  }
+  for (int64_t id : revoked) AnswerLeaseWaiters(id, kv::ErrLeaseNotFound(), 0);
+}
+
+void KvServer::OnLeaseRevoked(int64_t id) { AnswerLeaseWaiters(id, kv::ErrLeaseNotFound(), 0); }
+
+void KvServer::OnRestored() {
+  // The lease table was replaced under the lessor: renewals it had on the way are moot.
+  FailLeaseWaiters(ErrLeaderChanged());
+  if (lessor_.primary()) lessor_.Demote();
+}
+
+}  // namespace keel::server
