@@ -163,17 +163,13 @@ void RaftChecker::ObserveCommit(int node, LogIndex commit) {
   if (commit > commit_seen_[node]) commit_seen_[node] = commit;
 }
 
-void RaftChecker::OnApply(int node, const server::Register::Value& value) {
-  auto [it, inserted] = applied_request_.try_emplace(value.index.value, value.request_id);
-  if (!inserted && it->second != value.request_id) {
-    Violation(absl::StrCat("State Machine Safety: n", node + 1, " applied request ",
-                           value.request_id, " at index ", value.index.value,
-                           " where another node applied request ", it->second));
+void RaftChecker::OnApply(int node, LogIndex index, uint64_t request_id) {
+  auto [it, inserted] = applied_request_.try_emplace(index.value, request_id);
+  if (!inserted && it->second != request_id) {
+    Violation(absl::StrCat("State Machine Safety: n", node + 1, " applied request ", request_id,
+                           " at index ", index.value, " where another node applied request ",
+                           it->second));
   }
-}
-
-void RaftChecker::OnRestore(int node, const std::vector<server::Register::Value>& values) {
-  for (const server::Register::Value& v : values) OnApply(node, v);
 }
 
 }  // namespace keel::sim

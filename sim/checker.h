@@ -19,7 +19,6 @@
 
 #include "absl/container/btree_map.h"
 #include "core/raft/raft.h"
-#include "core/server/register.h"
 
 namespace keel::sim {
 
@@ -36,8 +35,8 @@ class RaftChecker {
   void ObserveRole(int node, raft::Role role, Term term);
   // Its commit index, once the event's fsync completed (a crash first undoes it).
   void ObserveCommit(int node, LogIndex commit);
-  void OnApply(int node, const server::Register::Value& value);
-  void OnRestore(int node, const std::vector<server::Register::Value>& values);
+  // The node applied request `request_id` at `index` (0: a command no client sent).
+  void OnApply(int node, LogIndex index, uint64_t request_id);
 
   const std::vector<std::string>& violations() const { return violations_; }
   LogIndex max_committed() const { return max_committed_; }

@@ -106,4 +106,9 @@ void NodeDisk::Crash() {
   disk_.PowerOn();
 }
 
+kv::Backend& NodeDisk::backend() {
+  KEEL_ASSERT(sqlite_ != nullptr);
+  return *sqlite_;
+}
+
 }  // namespace keel::sim

@@ -13,6 +13,7 @@
 #include <span>
 #include <string>
 
+#include "core/kv/backend.h"
 #include "core/rng.h"
 #include "core/server/storage.h"
 #include "storage/sim_vfs.h"
@@ -74,6 +75,8 @@ class NodeDisk {
   absl::Status Open();
   // The store, between Open and Crash.
   server::Storage& storage() { return *observed_; }
+  // The same database as the keyspace's backend, between Open and Crash.
+  kv::Backend& backend();
   // Power loss at the simulator's now: what was not durable is gone; the store closes.
   void Crash();
   // The process is killed: the store closes, what it wrote stays in the page cache.

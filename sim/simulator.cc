@@ -12,10 +12,13 @@
 #include "absl/strings/str_format.h"
 #include "core/assert.h"
 #include "core/raft/codec.h"
+#include "core/etcdpb/rpc.pb.h"
+#include "core/server/kv_server.h"
+#include "core/server/kv_state_machine.h"
 #include "core/server/node.h"
-#include "core/server/register.h"
 #include "sim/checker.h"
-#include "sim/history.h"
+#include "sim/kv_history.h"
+#include "sim/kv_reference.h"
 #include "sim/node_disk.h"
 #include "storage/sim_vfs.h"
 
@@ -25,6 +28,16 @@ namespace {
 using raft::Role;
 
 constexpr uint64_t kAnyIncarnation = UINT64_MAX;
+constexpr uint64_t kKeys = 6;  // the workload's key space: small, so clients contend
+
+// The keyspace's settings for a scenario's timing: etcd's minimum lease TTL is
+// ceil(1.5 x the election timeout).
+server::KvConfig KvConfigFor(const Scenario& s) {
+  server::KvConfig config;
+  const int64_t et_ms = std::chrono::duration_cast<Millis>(s.tick_interval).count() * s.election_ticks;
+  config.lease.min_ttl_seconds = std::max<int64_t>(1, (3 * et_ms / 2 + 999) / 1000);
+  return config;
+}
 constexpr int kRecoveryElectionTimeouts = 10;  // issue: a leader within 10 timeouts
 // A node raises the NOSPACE alarm below this much free disk; a disk that fills up
 // (`fill-disk`) keeps this much room for what is written before the alarm takes hold.
@@ -76,6 +89,41 @@ class SimEnv : public server::Env {
   int node_;
 };
 
+// The node's state machine as the checkers see it: every command it applies is shown to
+// the RaftChecker (State Machine Safety) and fed to the reference keyspace.
+class ObservedMachine : public server::StateMachine {
+ public:
+  using OnApply = std::function<void(LogIndex, uint64_t, std::string_view, const ApplyContext&)>;
+  ObservedMachine(server::StateMachine& inner, OnApply on_apply)
+      : inner_(inner), on_apply_(std::move(on_apply)) {}
+
+  absl::Status Apply(LogIndex index, uint64_t request_id, std::string_view command,
+                     const ApplyContext& context) override {
+    on_apply_(index, request_id, command, context);
+    absl::Status st = inner_.Apply(index, request_id, command, context);
+    if (after_apply_) after_apply_(index);
+    return st;
+  }
+  void SetAfterApply(std::function<void(LogIndex)> fn) { after_apply_ = std::move(fn); }
+  LogIndex applied() const override { return inner_.applied(); }
+  absl::Status health() const override { return inner_.health(); }
+  bool NeedsSpace(std::string_view command) const override { return inner_.NeedsSpace(command); }
+  std::string TakeSnapshot() const override { return inner_.TakeSnapshot(); }
+  bool KeepsStateOnDisk() const override { return inner_.KeepsStateOnDisk(); }
+  std::string ExportSnapshot() const override { return inner_.ExportSnapshot(); }
+  absl::Status CheckSnapshot(LogIndex index, std::string_view data) const override {
+    return inner_.CheckSnapshot(index, data);
+  }
+  absl::Status Restore(LogIndex index, std::string_view data) override {
+    return inner_.Restore(index, data);
+  }
+
+ private:
+  server::StateMachine& inner_;
+  OnApply on_apply_;
+  std::function<void(LogIndex)> after_apply_;
+};
+
 struct SimNode {
   int index = 0;
   NodeId id;
@@ -92,8 +140,21 @@ struct SimNode {
   std::unique_ptr<SimLogSink> sink;
   std::unique_ptr<NodeDisk> disk;  // survives crashes
   std::unique_ptr<SimEnv> env;
-  std::unique_ptr<server::Register> state;
+  std::unique_ptr<server::KvStateMachine> state;
+  std::unique_ptr<server::StateMachine> observed;  // the state machine, as the checkers see it
   std::unique_ptr<server::Node> node;
+  std::unique_ptr<server::KvServer> server;
+  // Commands applied in the current event, shown to the checkers once its fsync
+  // completes (not at all if the node crashes first: then they never happened).
+  struct Applied {
+    LogIndex index;
+    uint64_t request_id;
+    std::string command;
+    bool nospace;
+    Term term;
+    int64_t revision_after = 0;
+  };
+  std::vector<Applied> applied;
   Role role = Role::kFollower;
   Nanos leader_since{0};
   LogIndex commit;
@@ -101,8 +162,8 @@ struct SimNode {
   bool crash_next_sync = false;   // crash during the next fsync
 };
 
-using Request = ClientHistory::Request;
-using Outcome = ClientHistory::Outcome;
+using Request = KvHistory::Request;
+using Outcome = KvHistory::Outcome;
 
 class Sim {
  public:
@@ -131,6 +192,7 @@ class Sim {
     LogIndex applied;
   };
   void AfterNodeEvent(int node);
+  void ObserveApplied(int node, const std::vector<SimNode::Applied>& applied);
   void Observe(int node, const Observation& o);
   bool RunUntil(Nanos end, const std::function<bool()>& done = nullptr);
 
@@ -174,8 +236,11 @@ class Sim {
 
   // Clients.
   void ScheduleClient(int client, Nanos delay);
+  KvOp DrawOp();
   void IssueRequest(int client);
-  void Resolve(size_t request, Outcome outcome, size_t read_length);
+  void Send(size_t request, int target);
+  void Resolve(size_t request, const absl::Status& status, const std::string& response);
+  void Learn(const Request& request);
 
   // Checks.
   void Fail(std::string text);
@@ -220,7 +285,10 @@ class Sim {
 
   bool clients_active_ = true;
   std::vector<uint64_t> client_seq_;
-  ClientHistory history_;
+  KvHistory history_;
+  KvReference reference_;
+  // Per client: the last value it saw of each key (its next compare-and-swap expects it).
+  std::vector<absl::btree_map<std::string, std::string>> client_seen_;
 
   struct CommitEvent { Nanos at; int node; uint64_t count; bool leader; };
   struct LeaderInterval { int node; Nanos from; Nanos to; };
@@ -268,7 +336,9 @@ Sim::Sim(const Scenario& scenario, const RunOptions& options)
       link_latency_(scenario.cluster,
                     std::vector<std::pair<Nanos, Nanos>>(scenario.cluster, {Nanos(0), Nanos(0)})),
       clogged_(scenario.cluster, false),
-      client_seq_(scenario.workload.clients, 0) {
+      client_seq_(scenario.workload.clients, 0),
+      reference_(KvConfigFor(scenario)),
+      client_seen_(scenario.workload.clients) {
   KEEL_ASSERT(scenario.cluster >= 1 && scenario.cluster <= kClusterSizeMax);
   nodes_.resize(scenario.cluster);
   for (int i = 0; i < scenario.cluster; ++i) {
@@ -350,13 +420,35 @@ void Sim::AfterNodeEvent(int node) {
   // then, and not at all if it crashes first. The node processes nothing meanwhile, so
   // its state then is its state now.
   Observation o{r.role(), r.term(), r.log().committed(), r.log().applied()};
+  std::vector<SimNode::Applied> applied;
+  applied.swap(n.applied);
   if (n.busy_until <= now_) {
     Observe(node, o);
+    ObserveApplied(node, applied);
     return;
   }
-  Schedule(n.busy_until, [this, node, o, incarnation = n.incarnation] {
-    if (nodes_[node].up && nodes_[node].incarnation == incarnation) Observe(node, o);
+  Schedule(n.busy_until, [this, node, o, applied = std::move(applied),
+                          incarnation = n.incarnation] {
+    if (!nodes_[node].up || nodes_[node].incarnation != incarnation) return;
+    Observe(node, o);
+    ObserveApplied(node, applied);
   });
+}
+
+void Sim::ObserveApplied(int node, const std::vector<SimNode::Applied>& applied) {
+  for (const SimNode::Applied& a : applied) {
+    checker_.OnApply(node, a.index, a.request_id);
+    const server::StateMachine::ApplyContext context{.nospace = a.nospace, .term = a.term};
+    std::string violation = reference_.OnApply(a.index, a.request_id, a.command, context, now_);
+    if (!violation.empty()) Fail(absl::StrCat("n", node + 1, ": ", violation));
+    // Every node's keyspace is at the committed revision after each index it applies.
+    const std::optional<int64_t> want = reference_.RevisionAfter(a.index);
+    if (want && *want != a.revision_after && a.revision_after != 0) {
+      Fail(absl::StrCat("State Machine Safety: n", node + 1, " is at revision ",
+                        a.revision_after, " after applying index ", a.index.value,
+                        ", where the committed keyspace is at ", *want));
+    }
+  }
 }
 
 void Sim::Observe(int node, const Observation& o) {
@@ -476,10 +568,6 @@ void Sim::StartNode(int node) {
   n.busy_until = now_;
   n.role = Role::kFollower;
   n.env = std::make_unique<SimEnv>(*this, node);
-  n.state = std::make_unique<server::Register>();
-  n.state->SetObserver([this, node](const server::Register::Value& v) {
-    checker_.OnApply(node, v);
-  });
   server::NodeConfig config;
   config.raft.id = n.id;
   for (int i = 0; i < scenario_.cluster; ++i) config.raft.voters.push_back(NodeId(i + 1));
@@ -496,7 +584,6 @@ void Sim::StartNode(int node) {
   config.space_reserve_bytes = kDiskSpaceReserve;
   // Small chunks: most snapshots travel as streams, through loss and reordering.
   config.snapshot_stream.chunk_bytes = 16 << 10;
-  n.node = std::make_unique<server::Node>(config, *n.env, *n.state);
 
   // A full disk or an injected I/O error may keep a node from starting (a write or the
   // open's sync fails): that is the fault, and the supervisor retries. Anything else is
@@ -510,8 +597,30 @@ void Sim::StartNode(int node) {
     }
   };
   if (absl::Status st = n.disk->Open(); !st.ok()) return cannot_start(st);
+  n.state = std::make_unique<server::KvStateMachine>(&n.disk->backend(), KvConfigFor(scenario_),
+                                                     n.env->Log());
+  if (absl::Status st = n.state->Open(); !st.ok()) return cannot_start(st);
+  n.observed = std::make_unique<ObservedMachine>(
+      *n.state, [this, node](LogIndex index, uint64_t request_id, std::string_view command,
+                             const server::StateMachine::ApplyContext& context) {
+        nodes_[node].applied.push_back(
+            {index, request_id, std::string(command), context.nospace, context.term});
+      });
+  static_cast<ObservedMachine&>(*n.observed).SetAfterApply([this, node](LogIndex index) {
+    SimNode& self = nodes_[node];
+    if (!self.applied.empty() && self.applied.back().index == index) {
+      self.applied.back().revision_after = self.state->store().revision();
+    }
+  });
+  n.node = std::make_unique<server::Node>(config, *n.env, *n.observed);
   if (absl::Status st = n.node->Start(); !st.ok()) return cannot_start(st);
-  checker_.OnRestore(node, n.state->values());
+  server::KvServerConfig server_config;
+  server_config.lessor.promotion_pause = ElectionTimeout();
+  server_config.lessor.checkpoint_interval = ElectionTimeout() / 2;
+  server_config.request_timeout = scenario_.workload.timeout;
+  server_config.bugs = options_.server_bugs;
+  n.server = std::make_unique<server::KvServer>(server_config, *n.env, *n.node, *n.state);
+  n.server->Start();
   AfterNodeEvent(node);
 }
 
@@ -522,7 +631,10 @@ void Sim::CrashNode(int node, bool power_loss) {
   n.role = Role::kFollower;
   n.up = false;
   ++n.incarnation;  // drops its timers and unsent messages
+  n.applied.clear();  // applied in an event whose fsync never completed: never happened
+  n.server.reset();
   n.node.reset();
+  n.observed.reset();
   n.state.reset();
   n.env.reset();
   n.timers.clear();
@@ -903,70 +1015,142 @@ void Sim::ScheduleClient(int client, Nanos delay) {
   Schedule(now_ + delay, [this, client] { IssueRequest(client); });
 }
 
+KvOp Sim::DrawOp() {
+  if (rng_.Chance(scenario_.workload.read_fraction)) {
+    const uint64_t pick = rng_.Uniform(10);
+    return pick < 5 ? KvOp::kGet : pick < 7 ? KvOp::kSerializableGet : KvOp::kRange;
+  }
+  const uint64_t pick = rng_.Uniform(100);
+  if (pick < 45) return KvOp::kPut;
+  if (pick < 60) return KvOp::kDelete;
+  if (pick < 98) return KvOp::kCas;
+  return KvOp::kCompact;  // concurrent compaction, now and then
+}
+
 void Sim::IssueRequest(int client) {
   if (!clients_active_) return;
   Request req;
   req.client = client;
   req.node = static_cast<int>(rng_.Uniform(scenario_.cluster));
-  req.write = !rng_.Chance(scenario_.workload.read_fraction);
-  if (req.write) req.value = absl::StrCat("c", client, "-", client_seq_[client]++);
+  req.op = DrawOp();
+  req.key = absl::StrCat("k", rng_.Uniform(kKeys));
+  switch (req.op) {
+    case KvOp::kRange: req.key = "k"; break;  // every key: a multi-key read
+    case KvOp::kPut:
+    case KvOp::kCas: {
+      req.value = absl::StrCat("c", client, "-", client_seq_[client]++);
+      auto seen = client_seen_[client].find(req.key);
+      req.expect_missing = seen == client_seen_[client].end();
+      if (!req.expect_missing) req.expected = seen->second;
+      break;
+    }
+    case KvOp::kCompact: req.revision = std::max<int64_t>(1, reference_.revision() - 50); break;
+    default: break;
+  }
   req.start = now_;
   const size_t id = history_.Begin(std::move(req));
 
   const Nanos there(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
   Schedule(now_ + scenario_.workload.timeout, [this, id] {
-    Resolve(id, Outcome::kTimedOut, 0);
+    Resolve(id, absl::DeadlineExceededError("client gave up"), "");
   });
   Schedule(now_ + there, [this, id] {
     const int target = history_.at(id).node;
-    if (!nodes_[target].up) {  // connection refused: nothing was sent
-      Resolve(id, Outcome::kFailed, 0);
+    if (!nodes_[target].up || nodes_[target].server == nullptr) {
+      // Connection refused: nothing was sent.
+      Resolve(id, absl::UnavailableError("connection refused"), "");
       return;
     }
-    RunOnNode(target, kAnyIncarnation, [this, id, target] {
-      auto reply = [this, id, target](absl::Status st) {
-        Outcome outcome = Outcome::kOk;
-        if (absl::IsDeadlineExceeded(st)) {
-          outcome = Outcome::kTimedOut;  // indeterminate
-        } else if (!st.ok()) {
-          outcome = Outcome::kFailed;    // definitely not appended
-        }
-        const size_t length = nodes_[target].state->values().size();
-        // The reply leaves once the node's fsync completes, if it does not crash first.
-        const SimNode& n = nodes_[target];
-        Schedule(std::max(now_, n.busy_until),
-                 [this, id, outcome, length, target, incarnation = n.incarnation] {
-          Depart(target, incarnation, [this, id, outcome, length] {
-            const Nanos back(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
-            Schedule(now_ + back, [this, id, outcome, length] { Resolve(id, outcome, length); });
-          });
-        });
-      };
-      if (history_.at(id).write) {
-        nodes_[target].node->Propose(history_.at(id).value, std::move(reply));
-      } else {
-        nodes_[target].node->Read(std::move(reply));
-      }
-    });
+    RunOnNode(target, kAnyIncarnation, [this, id, target] { Send(id, target); });
   });
 }
 
-void Sim::Resolve(size_t id, Outcome outcome, size_t read_length) {
-  if (!history_.Resolve(id, outcome, read_length, now_)) return;
+void Sim::Send(size_t id, int target) {
+  // The reply leaves once the node's fsync completes, if it does not crash first.
+  auto reply = [this, id, target](absl::Status st, std::string response) {
+    const SimNode& n = nodes_[target];
+    Schedule(std::max(now_, n.busy_until), [this, id, target, st, response = std::move(response),
+                                            incarnation = n.incarnation]() mutable {
+      Depart(target, incarnation, [this, id, st, response = std::move(response)]() mutable {
+        const Nanos back(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
+        Schedule(now_ + back, [this, id, st, response = std::move(response)] {
+          Resolve(id, st, response);
+        });
+      });
+    });
+  };
+  auto answer = [reply](const auto& got) {
+    reply(got.status(), got.ok() ? got->SerializeAsString() : std::string());
+  };
+  server::KvServer& server = *nodes_[target].server;
   const Request& r = history_.at(id);
-  hash_.Add(0xc11eULL + static_cast<uint64_t>(outcome) * 131 + id);
-  if (r.start >= progress_from_ && r.start < progress_to_) {
-    // With a leader in place, no request may be refused outright. One may still time
-    // out where the offered load exceeds what the flow-control settings can replicate
-    // to a lagging follower; the drain's convergence check catches followers that
-    // never catch up.
-    if (outcome == Outcome::kFailed) {
-      Fail(absl::StrCat("Liveness: a ", r.write ? "write" : "read", " to n", r.node + 1,
-                        " started at ", FormatTime(r.start), " after recovery was refused"));
+  switch (r.op) {
+    case KvOp::kGet:
+    case KvOp::kSerializableGet:
+    case KvOp::kRange:
+      return server.Range(KvHistory::RangeRequestFor(r), answer);
+    case KvOp::kPut: return server.Put(KvHistory::PutRequestFor(r), answer);
+    case KvOp::kDelete: return server.DeleteRange(KvHistory::DeleteRequestFor(r), answer);
+    case KvOp::kCas: return server.Txn(KvHistory::CasRequestFor(r), answer);
+    case KvOp::kCompact: {
+      etcdserverpb::CompactionRequest c;
+      c.set_revision(r.revision);
+      return server.Compact(c, answer);
     }
-    if (outcome == Outcome::kOk && r.write) ++progress_writes_ok_;
+  }
+}
+
+void Sim::Resolve(size_t id, const absl::Status& status, const std::string& response) {
+  if (!history_.Resolve(id, status, response, now_)) return;
+  const Request& r = history_.at(id);
+  hash_.Add(0xc11eULL + static_cast<uint64_t>(r.outcome) * 131 + id);
+  if (r.outcome == Outcome::kOk) Learn(r);
+  if (r.start >= progress_from_ && r.start < progress_to_) {
+    // With a leader in place, no request may be refused outright (a compaction may
+    // be refused for its revision). One may still time out where the offered load
+    // exceeds what the flow-control settings can replicate to a lagging follower; the
+    // drain's convergence check catches followers that never catch up.
+    if (r.outcome == Outcome::kFailed && r.op != KvOp::kCompact) {
+      Fail(absl::StrCat("Liveness: a ", KvOpName(r.op), " to n", r.node + 1, " started at ",
+                        FormatTime(r.start), " after recovery was refused: ", r.error));
+    }
+    if (r.outcome == Outcome::kOk && r.write()) ++progress_writes_ok_;
   }
   ScheduleClient(r.client, Nanos(rng_.Range(0, scenario_.workload.think.count())));
+}
+
+void Sim::Learn(const Request& r) {
+  // What the client now believes each key holds: its next compare-and-swap expects it.
+  absl::btree_map<std::string, std::string>& seen = client_seen_[r.client];
+  auto remember = [&](const mvccpb::KeyValue* kv) {
+    if (kv == nullptr) {
+      seen.erase(r.key);
+    } else {
+      seen[r.key] = kv->value();
+    }
+  };
+  switch (r.op) {
+    case KvOp::kGet:
+    case KvOp::kSerializableGet: {
+      etcdserverpb::RangeResponse g;
+      if (g.ParseFromString(r.response)) remember(g.kvs_size() > 0 ? &g.kvs(0) : nullptr);
+      break;
+    }
+    case KvOp::kPut: seen[r.key] = r.value; break;
+    case KvOp::kDelete: seen.erase(r.key); break;
+    case KvOp::kCas: {
+      etcdserverpb::TxnResponse t;
+      if (!t.ParseFromString(r.response)) break;
+      if (t.succeeded()) {
+        seen[r.key] = r.value;
+      } else if (t.responses_size() == 1) {
+        const etcdserverpb::RangeResponse& g = t.responses(0).response_range();
+        remember(g.kvs_size() > 0 ? &g.kvs(0) : nullptr);
+      }
+      break;
+    }
+    default: break;
+  }
 }
 
 // ---- checks ---------------------------------------------------------------------
@@ -1028,17 +1212,36 @@ bool Sim::Converged() const {
 }
 
 void Sim::CheckEndState() {
-  // Every node applied the same register.
-  const std::vector<server::Register::Value>& reference = nodes_[0].state->values();
+  // Every node holds the reference's keyspace: same revision, keys, values and leases.
+  etcdserverpb::RangeRequest all;
+  all.set_key(std::string(1, '\0'));
+  all.set_range_end(std::string(1, '\0'));
+  etcdserverpb::RangeResponse want;
+  KEEL_ASSERT(reference_.machine().applier().Range(all, &want).ok());
   for (const SimNode& n : nodes_) {
-    if (n.state->values() != reference) {
-      Fail(absl::StrCat("State Machine Safety: n", n.index + 1, " and n1 hold different "
-                        "registers at the end (", n.state->values().size(), " vs ",
-                        reference.size(), " values)"));
+    if (!n.up || n.state == nullptr) continue;
+    etcdserverpb::RangeResponse got;
+    const absl::Status st = n.state->applier().Range(all, &got);
+    std::string differs;
+    if (!st.ok()) {
+      differs = st.ToString();
+    } else if (got.header().revision() != want.header().revision()) {
+      differs = absl::StrCat("revision ", got.header().revision(), " vs ",
+                             want.header().revision(), ": ", got.ShortDebugString(), " vs ",
+                             want.ShortDebugString());
+    } else if (got.SerializeAsString() != want.SerializeAsString()) {
+      differs = absl::StrCat("keys or values: ", got.ShortDebugString(), " vs ",
+                             want.ShortDebugString());
+    } else if (n.state->leases().leases().size() != reference_.machine().leases().leases().size()) {
+      differs = "leases";
+    }
+    if (!differs.empty()) {
+      Fail(absl::StrCat("State Machine Safety: n", n.index + 1,
+                        "'s keyspace differs from the committed one at the end: ", differs));
       return;
     }
   }
-  for (std::string& f : history_.Check(reference)) Fail(std::move(f));
+  for (std::string& f : history_.Check(reference_)) Fail(std::move(f));
 }
 
 double Sim::Measure(const Expectation& e) {
@@ -1072,7 +1275,7 @@ double Sim::Measure(const Expectation& e) {
       break;
     case Metric::kAcked:
       for (const Request& r : history_.requests()) {
-        if (r.write && r.outcome == Outcome::kOk && r.end >= e.from && r.end < e.to) {
+        if (r.write() && r.outcome == Outcome::kOk && r.end >= e.from && r.end < e.to) {
           total += 1;
         }
       }
@@ -1086,7 +1289,7 @@ double Sim::Measure(const Expectation& e) {
       break;
     case Metric::kReads:
       for (const Request& r : history_.requests()) {
-        if (!r.write && r.outcome == Outcome::kOk && r.end >= e.from && r.end < e.to) {
+        if (r.read() && r.outcome == Outcome::kOk && r.end >= e.from && r.end < e.to) {
           total += 1;
         }
       }
@@ -1203,7 +1406,9 @@ void Sim::RunRecoveryAndDrain() {
                       " after faults healed"));
   }
   bool writes_issued = false;
-  for (const Request& r : history_.requests()) writes_issued |= r.write && r.start >= progress_from_;
+  for (const Request& r : history_.requests()) {
+    writes_issued |= r.write() && r.start >= progress_from_;
+  }
   // Progress: writes succeed, or at least commit. Under an offered load above what the
   // flow-control settings can replicate, every client may time out while the cluster
   // commits steadily; that is overload, not a liveness failure.
@@ -1223,8 +1428,9 @@ RunResult Sim::Result() const {
   result.events = events_;
   size_t writes_ok = 0, writes = 0, reads_ok = 0, reads = 0;
   for (const Request& r : history_.requests()) {
-    (r.write ? writes : reads)++;
-    if (r.outcome == Outcome::kOk) (r.write ? writes_ok : reads_ok)++;
+    if (!r.write() && !r.read()) continue;
+    (r.write() ? writes : reads)++;
+    if (r.outcome == Outcome::kOk) (r.write() ? writes_ok : reads_ok)++;
   }
   result.writes_ok = writes_ok;
   result.summary = absl::StrFormat(

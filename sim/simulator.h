@@ -28,6 +28,7 @@
 
 #include "core/raft/raft.h"
 #include "core/rng.h"
+#include "core/server/kv_server.h"
 #include "sim/hash.h"
 #include "sim/scenario.h"
 
@@ -38,6 +39,7 @@ struct RunOptions {
   bool trace = false;     // print every event to stdout
   bool progress = false;  // a live progress line on stderr
   raft::PlantedBugs bugs;
+  server::KvServerPlantedBugs server_bugs;
   bool planted_skip_fsync = false;  // test-only: every node's fsync makes nothing durable
 };
 

@@ -14,6 +14,14 @@ void KeyIndex::Put(Revision rev) {
   ++g.versions;
 }
 
+void KeyIndex::Restore(Revision created, Revision rev, int64_t version) {
+  KEEL_ASSERT(!live() && (empty() || rev > modified()) && version >= 1 && created <= rev);
+  Generation& g = generations_.back();
+  g.created = created;
+  g.revs.push_back(rev);
+  g.versions = version;
+}
+
 void KeyIndex::Tombstone(Revision rev) {
   KEEL_ASSERT(live());
   Put(rev);

@@ -33,6 +33,10 @@ class KeyIndex {
 
   // Records a put. Requires: rev > every revision recorded.
   void Put(Revision rev);
+  // Records a put that starts the current generation as loaded after a compaction
+  // dropped its beginning: created and version come from the put's record (etcd's
+  // keyIndex.restore). Requires: the current generation is empty, rev > every revision.
+  void Restore(Revision created, Revision rev, int64_t version);
   // Records a delete. Requires: the key is live (its current generation is not empty)
   // and rev > every revision recorded.
   void Tombstone(Revision rev);

@@ -62,9 +62,17 @@ absl::Status Store::Load() {
             it->second.Tombstone(rev);
             if (leases_ != nullptr) leases_->Detach(kv.key());
           }
+        } else if (kv.create_revision() > rev.main || kv.version() < 1) {
+          corrupt = Corrupt(rev, "bad create revision or version");
         } else {
           KeyIndex& ki = index_[kv.key()];
-          ki.Put(rev);
+          if (ki.live()) {
+            ki.Put(rev);
+          } else {
+            // The first put of a generation that survives: compaction may have dropped
+            // the generation's beginning, so creation and version come from the record.
+            ki.Restore(Revision{kv.create_revision(), 0}, rev, kv.version());
+          }
           if (leases_ != nullptr) leases_->Attach(kv.key(), kv.lease());
         }
         last = rev;

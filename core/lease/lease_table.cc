@@ -24,7 +24,7 @@ absl::Status LeaseTable::LoadLeases() {
   leases_.clear();
   by_expiry_.clear();
   lease_of_.clear();
-  load_error_.clear();
+  unknown_lease_of_.clear();
   absl::StatusOr<std::optional<int64_t>> clock = backend_->GetMeta(kv::kMetaLeaseClock);
   if (!clock.ok()) return Fatal(clock.status());
   clock_ms_ = clock->value_or(0);
@@ -47,8 +47,10 @@ absl::Status LeaseTable::LoadLeases() {
 }
 
 absl::Status LeaseTable::CheckLoaded() const {
-  if (!load_error_.empty()) return absl::DataLossError(load_error_);
-  return absl::OkStatus();
+  if (unknown_lease_of_.empty()) return absl::OkStatus();
+  const auto& [key, lease] = *unknown_lease_of_.begin();
+  return absl::DataLossError(absl::StrCat("live key '", key, "' is bound to lease ", lease,
+                                          ", which does not exist"));
 }
 
 absl::Status LeaseTable::Persist(int64_t id, const Lease& lease) {
@@ -127,31 +129,25 @@ absl::Status LeaseTable::ApplyCheckpoint(const leasepb::Checkpoint& checkpoint, 
 }
 
 void LeaseTable::Attach(std::string_view key, int64_t lease) {
+  if (auto unknown = unknown_lease_of_.find(key); unknown != unknown_lease_of_.end()) {
+    unknown_lease_of_.erase(unknown);
+  }
   auto bound = lease_of_.find(key);
+  if (bound != lease_of_.end() && bound->second == lease) return;
   if (bound != lease_of_.end()) {
-    if (bound->second == lease) return;
     auto old = leases_.find(bound->second);
     if (old != leases_.end()) old->second.keys.erase(key);
-    if (lease == 0) {
-      lease_of_.erase(bound);
-      return;
-    }
+    lease_of_.erase(bound);
   }
   if (lease == 0) return;
   auto it = leases_.find(lease);
   if (it == leases_.end()) {
-    // Applied puts name existing leases (the applier checks); only a load can get here.
-    if (load_error_.empty()) {
-      load_error_ = absl::StrCat("key bound to lease ", lease, ", which does not exist");
-    }
+    // Applied puts name existing leases (the applier checks); only a load gets here.
+    unknown_lease_of_.emplace(std::string(key), lease);
     return;
   }
   it->second.keys.emplace(key);
-  if (bound != lease_of_.end()) {
-    bound->second = lease;
-  } else {
-    lease_of_.emplace(std::string(key), lease);
-  }
+  lease_of_.emplace(std::string(key), lease);
 }
 
 void LeaseTable::Detach(std::string_view key) { Attach(key, 0); }

@@ -87,7 +87,10 @@ class LeaseTable : public kv::LeaseAttachments, public kv::LeaseLookup {
   absl::btree_map<int64_t, Lease> leases_;
   absl::btree_set<std::pair<int64_t, int64_t>> by_expiry_;  // (expiry_ms, id)
   absl::btree_map<std::string, int64_t, std::less<>> lease_of_;  // key -> lease
-  std::string load_error_;  // a key bound to a lease that does not exist
+  // Keys whose latest put names a lease that does not exist. Only a load can make one
+  // (history may name leases revoked since; a later delete or put clears the key): a
+  // live key left here after the load is corruption.
+  absl::btree_map<std::string, int64_t, std::less<>> unknown_lease_of_;
 };
 
 }  // namespace keel::lease

@@ -1,6 +1,7 @@
 #include "core/lease/lessor.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "core/assert.h"
 #include "core/lease/lease.pb.h"
@@ -31,6 +32,14 @@ void Lessor::Demote() {
   in_flight_.clear();
   renewals_.clear();
   waiting_.clear();
+}
+
+void Lessor::RestIfIdle(Nanos now) {
+  KEEL_ASSERT(primary_);
+  if (table_->size() > 0 || !renewals_.empty() || !in_flight_.empty()) return;
+  base_ms_ = table_->clock_ms();
+  promoted_at_ = now - config_.promotion_pause;  // no pause left: it runs from here
+  last_proposed_at_ = now;
 }
 
 int64_t Lessor::ClockMs(Nanos now) const {
@@ -74,18 +83,39 @@ std::optional<leasepb::Checkpoint> Lessor::TakeCheckpoint(Nanos now) {
   leasepb::Checkpoint cp;
   cp.set_term(term_.value);
   cp.set_sequence(++proposed_sequence_);
-  cp.set_clock_ms(clock);
-  while (!waiting_.empty() &&
-         static_cast<size_t>(cp.renewals_size()) < config_.renewals_per_checkpoint_max) {
-    auto it = waiting_.begin();
-    leasepb::Renewal* r = cp.add_renewals();
-    r->set_id(it->first);
-    r->set_expiry_ms(it->second);
-    renewals_[it->first].sequence = cp.sequence();
-    waiting_.erase(it);
+  // The soonest to expire go first; see below for the ones that do not fit.
+  std::vector<std::pair<int64_t, int64_t>> order;  // (table expiry, id)
+  order.reserve(waiting_.size());
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    const LeaseTable::Lease* l = table_->Find(it->first);
+    if (l == nullptr) {  // revoked meanwhile: nothing to renew
+      renewals_.erase(it->first);
+      it = waiting_.erase(it);
+      continue;
+    }
+    order.emplace_back(l->expiry_ms, it->first);
+    ++it;
   }
-  in_flight_.insert(cp.sequence());
-  proposed_clock_ms_ = std::max(proposed_clock_ms_, clock);
+  std::sort(order.begin(), order.end());
+  const size_t carried = std::min(order.size(), config_.renewals_per_checkpoint_max);
+  int64_t clock_cap = clock;
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int64_t id = order[k].second;
+    if (k >= carried) {
+      // Left for the next checkpoint: this one must not expire it meanwhile, for its
+      // renewal was accepted while it was live.
+      clock_cap = std::min(clock_cap, order[k].first - 1);
+      continue;
+    }
+    leasepb::Renewal* r = cp.add_renewals();
+    r->set_id(id);
+    r->set_expiry_ms(waiting_[id]);
+    renewals_[id].sequence = cp.sequence();
+    waiting_.erase(id);
+  }
+  cp.set_clock_ms(std::max(table_->clock_ms(), clock_cap));
+  in_flight_.emplace(cp.sequence(), cp.clock_ms());
+  proposed_clock_ms_ = std::max(proposed_clock_ms_, cp.clock_ms());
   last_proposed_at_ = now;
   return cp;
 }
@@ -93,6 +123,7 @@ std::optional<leasepb::Checkpoint> Lessor::TakeCheckpoint(Nanos now) {
 void Lessor::OnApplied(const leasepb::Checkpoint& checkpoint) {
   if (!primary_ || checkpoint.term() != term_.value) return;
   in_flight_.erase(in_flight_.begin(), in_flight_.upper_bound(checkpoint.sequence()));
+  // Its clock is the table's now; proposed_clock_ms_ stays (it is at most that).
   for (const leasepb::Renewal& r : checkpoint.renewals()) {
     auto it = renewals_.find(r.id());
     // A newer renewal of the same lease may be on its way: keep it.
@@ -103,6 +134,9 @@ void Lessor::OnApplied(const leasepb::Checkpoint& checkpoint) {
 void Lessor::OnDropped(const leasepb::Checkpoint& checkpoint) {
   if (!primary_ || checkpoint.term() != term_.value) return;
   in_flight_.erase(checkpoint.sequence());
+  // Its clock never lands: an expiry it was to reach must be proposed again.
+  proposed_clock_ms_ = table_->clock_ms();
+  for (const auto& [sequence, clock] : in_flight_) proposed_clock_ms_ = std::max(proposed_clock_ms_, clock);
   for (const leasepb::Renewal& r : checkpoint.renewals()) {
     auto it = renewals_.find(r.id());
     if (it == renewals_.end() || it->second.sequence != checkpoint.sequence()) continue;

@@ -61,6 +61,10 @@ class Lessor {
   bool primary() const { return primary_; }
   Term term() const { return term_; }
 
+  // While no lease exists the clock has nothing to time: it stops where the table's is,
+  // so that a lease granted after a quiet spell is not born expired (the table's clock
+  // moves only with checkpoints, and there are none without leases). Requires: primary().
+  void RestIfIdle(Nanos now);
   // Requires: primary().
   int64_t ClockMs(Nanos now) const;
   // The lease's expiry as the leader knows it: the table's, or a newer renewal's.
@@ -94,8 +98,9 @@ class Lessor {
   int64_t base_ms_ = 0;
   Nanos promoted_at_{0};
   uint64_t proposed_sequence_ = 0;
-  absl::btree_set<uint64_t> in_flight_;  // proposed, neither applied nor dropped
-  int64_t proposed_clock_ms_ = 0;  // the highest clock proposed in this term
+  absl::btree_map<uint64_t, int64_t> in_flight_;  // sequence -> clock: proposed, not yet
+                                                   // applied or dropped
+  int64_t proposed_clock_ms_ = 0;  // the highest clock in flight (or applied) this term
   Nanos last_proposed_at_{0};
   absl::btree_map<int64_t, Renewal> renewals_;  // by lease: not yet applied, newest
   absl::btree_map<int64_t, int64_t> waiting_;   // by lease: expiry, not yet proposed

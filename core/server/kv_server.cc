@@ -29,6 +29,7 @@ KvServer::KvServer(KvServerConfig config, Env& env, Node& node, KvStateMachine& 
 }
 
 KvServer::~KvServer() {
+  RunDeferred();  // answers already decided still go out
   *alive_ = false;
   machine_.SetListener(nullptr);
   if (tick_timer_ != 0) env_.CancelTimer(tick_timer_);
@@ -48,7 +49,10 @@ void KvServer::Tick() {
     return;
   }
   FollowLeadership();
-  if (lessor_.primary()) ProposeCheckpoint();
+  if (lessor_.primary()) {
+    lessor_.RestIfIdle(env_.Now());
+    ProposeCheckpoint();
+  }
   ExpireLeaseWaiters();
 }
 
@@ -104,11 +108,15 @@ template <typename Response>
 void KvServer::ProposeCommand(std::string command, Reply<Response> reply) {
   node_.ProposeForResult(std::move(command), [this, alive = alive_, reply = std::move(reply)](
                                                  absl::Status st, std::any response) {
-    if (!st.ok()) return reply(std::move(st));
-    Response* r = std::any_cast<Response>(&response);
-    if (r == nullptr) return reply(absl::InternalError("the state machine gave no response"));
-    if (*alive) FillHeader(r->mutable_header());
-    reply(std::move(*r));
+    absl::StatusOr<Response> out = absl::InternalError("the state machine gave no response");
+    if (!st.ok()) {
+      out = std::move(st);
+    } else if (Response* r = std::any_cast<Response>(&response); r != nullptr) {
+      out = std::move(*r);
+    }
+    if (!*alive) return reply(std::move(out));  // the server is gone: answer as we can
+    if (out.ok()) FillHeader(out->mutable_header());
+    Defer([reply, out = std::move(out)]() mutable { reply(std::move(out)); });
   });
 }
 
@@ -122,10 +130,14 @@ void KvServer::Range(const etcdserverpb::RangeRequest& r,
     reply(std::move(resp));
   };
   if (r.serializable()) return serve();
-  node_.Read([alive = alive_, serve, reply](absl::Status st) {
-    if (!st.ok()) return reply(st);
-    if (!*alive) return reply(absl::UnavailableError("server stopped"));
-    serve();
+  if (config_.bugs.follower_reads_locally && node_.raft().role() != raft::Role::kLeader) {
+    return serve();  // planted: no ReadIndex round, the follower's possibly stale state
+  }
+  node_.Read([this, alive = alive_, serve, reply](absl::Status st) {
+    if (!*alive) return reply(st.ok() ? absl::UnavailableError("server stopped") : st);
+    // Served now (at the confirmed read point), answered from a fresh event.
+    if (!st.ok()) return Defer([reply, st] { reply(st); });
+    Defer(serve);
   });
 }
 
@@ -155,12 +167,13 @@ void KvServer::Txn(const etcdserverpb::TxnRequest& r, Reply<etcdserverpb::TxnRes
   }
   // Read-only: a linearizable read, served locally at a confirmed read point.
   node_.Read([this, alive = alive_, r, reply](absl::Status st) {
-    if (!st.ok()) return reply(st);
-    if (!*alive) return reply(absl::UnavailableError("server stopped"));
+    if (!*alive) return reply(st.ok() ? absl::UnavailableError("server stopped") : st);
     etcdserverpb::TxnResponse resp;
-    if (absl::Status read = machine_.applier().ReadTxn(r, &resp); !read.ok()) return reply(read);
+    if (st.ok()) st = machine_.applier().ReadTxn(r, &resp);
     FillHeader(resp.mutable_header());
-    reply(std::move(resp));
+    absl::StatusOr<etcdserverpb::TxnResponse> out = std::move(resp);
+    if (!st.ok()) out = st;
+    Defer([reply, out = std::move(out)]() mutable { reply(std::move(out)); });
   });
 }
 
@@ -211,19 +224,23 @@ void KvServer::RenewNow(int64_t id, Reply<int64_t> reply) {
 
 void KvServer::ConfirmThenKeepAlive(int64_t id, Reply<int64_t> reply) {
   node_.Read([this, alive = alive_, id, reply](absl::Status st) {
-    if (!st.ok()) return reply(st);
-    if (!*alive) return reply(absl::UnavailableError("server stopped"));
-    FollowLeadership();
-    if (!lessor_.primary()) return reply(ErrNotLeader());
-    if (machine_.leases().Find(id) == nullptr) return reply(kv::ErrLeaseNotFound());
-    if (!lessor_.Expired(id, env_.Now())) return RenewNow(id, reply);
-    // Expired on a confirmed leader's clock: gone once its revocation applies.
-    if (waiters_.size() >= config_.lease_waiters_max) {
-      return reply(absl::ResourceExhaustedError("etcdserver: too many requests"));
-    }
-    AddLeaseWaiter(id, kAwaitRevocation, reply);
-    ProposeCheckpoint();
+    if (!*alive) return reply(st.ok() ? absl::UnavailableError("server stopped") : st);
+    Defer([this, st, id, reply] { FinishKeepAlive(st, id, reply); });
   });
+}
+
+void KvServer::FinishKeepAlive(const absl::Status& confirmed, int64_t id, Reply<int64_t> reply) {
+  if (!confirmed.ok()) return reply(confirmed);
+  FollowLeadership();
+  if (!lessor_.primary()) return reply(ErrNotLeader());
+  if (machine_.leases().Find(id) == nullptr) return reply(kv::ErrLeaseNotFound());
+  if (!lessor_.Expired(id, env_.Now())) return RenewNow(id, reply);
+  // Expired on a confirmed leader's clock: gone once its revocation applies.
+  if (waiters_.size() >= config_.lease_waiters_max) {
+    return reply(absl::ResourceExhaustedError("etcdserver: too many requests"));
+  }
+  AddLeaseWaiter(id, kAwaitRevocation, reply);
+  ProposeCheckpoint();
 }
 
 void KvServer::AddLeaseWaiter(int64_t lease, int64_t expiry_ms, Reply<int64_t> reply) {
@@ -282,24 +299,30 @@ void KvServer::LeaseTimeToLive(const etcdserverpb::LeaseTimeToLiveRequest& r,
   FollowLeadership();
   if (!lessor_.primary()) return reply(ErrNotLeader());
   node_.Read([this, alive = alive_, r, reply](absl::Status st) {
-    if (!st.ok()) return reply(st);
-    if (!*alive) return reply(absl::UnavailableError("server stopped"));
-    FollowLeadership();
-    if (!lessor_.primary()) return reply(ErrNotLeader());
-    const lease::LeaseTable::Lease* l = machine_.leases().Find(r.id());
-    if (l == nullptr) return reply(kv::ErrLeaseNotFound());
-    etcdserverpb::LeaseTimeToLiveResponse resp;
-    FillHeader(resp.mutable_header());
-    resp.mutable_header()->set_revision(machine_.store().revision());
-    resp.set_id(r.id());
-    const int64_t remaining_ms = lessor_.ExpiryMs(r.id()) - lessor_.ClockMs(env_.Now());
-    resp.set_ttl(std::max<int64_t>(0, remaining_ms / 1000));
-    resp.set_grantedttl(l->ttl_seconds);
-    if (r.keys()) {
-      for (const std::string& key : l->keys) resp.add_keys(key);
-    }
-    reply(std::move(resp));
+    if (!*alive) return reply(st.ok() ? absl::UnavailableError("server stopped") : st);
+    Defer([this, st, r, reply] { FinishTimeToLive(st, r, reply); });
   });
+}
+
+void KvServer::FinishTimeToLive(const absl::Status& confirmed,
+                                const etcdserverpb::LeaseTimeToLiveRequest& r,
+                                Reply<etcdserverpb::LeaseTimeToLiveResponse> reply) {
+  if (!confirmed.ok()) return reply(confirmed);
+  FollowLeadership();
+  if (!lessor_.primary()) return reply(ErrNotLeader());
+  const lease::LeaseTable::Lease* l = machine_.leases().Find(r.id());
+  if (l == nullptr) return reply(kv::ErrLeaseNotFound());
+  etcdserverpb::LeaseTimeToLiveResponse resp;
+  FillHeader(resp.mutable_header());
+  resp.mutable_header()->set_revision(machine_.store().revision());
+  resp.set_id(r.id());
+  const int64_t remaining_ms = lessor_.ExpiryMs(r.id()) - lessor_.ClockMs(env_.Now());
+  resp.set_ttl(std::max<int64_t>(0, remaining_ms / 1000));
+  resp.set_grantedttl(l->ttl_seconds);
+  if (r.keys()) {
+    for (const std::string& key : l->keys) resp.add_keys(key);
+  }
+  reply(std::move(resp));
 }
 
 std::vector<int64_t> KvServer::Leases() const {
@@ -321,6 +344,16 @@ void KvServer::OnLeaseCheckpoint(const leasepb::Checkpoint& checkpoint,
     if (l != nullptr) AnswerLeaseWaiters(r.id(), l->ttl_seconds, l->expiry_ms);
   }
   for (int64_t id : revoked) AnswerLeaseWaiters(id, kv::ErrLeaseNotFound(), 0);
+}
+
+void KvServer::OnLeaseGranted(int64_t id) {
+  // A grant starts its TTL on the leader's clock, as a keepalive would: the table's
+  // clock may lag the leader's by up to a checkpoint interval.
+  if (!lessor_.primary() || lessor_.Expired(id, env_.Now())) return;
+  lessor_.Renew(id, env_.Now());
+  Defer([this] {
+    if (lessor_.primary()) ProposeCheckpoint();
+  });
 }
 
 void KvServer::OnLeaseRevoked(int64_t id) { AnswerLeaseWaiters(id, kv::ErrLeaseNotFound(), 0); }

@@ -40,6 +40,9 @@ absl::Status ErrNotLeader();    // FailedPrecondition "etcdserver: not leader"
 absl::Status ErrLeaderChanged();  // Unavailable "etcdserver: leader changed"
 
 struct KvServerPlantedBugs {
+  // A follower serves a linearizable read from its own state, without a ReadIndex
+  // round (it may be behind the leader: a stale read).
+  bool follower_reads_locally = false;
   // A leader reports a lease gone on its own view, without confirming it still leads
   // (a deposed leader, paused or partitioned, revokes leases its successor kept alive).
   bool lease_gone_without_confirmation = false;
@@ -89,6 +92,7 @@ class KvServer : public KvStateMachine::Listener {
   void OnEvents(const std::vector<mvccpb::Event>& events) override;
   void OnLeaseCheckpoint(const leasepb::Checkpoint& checkpoint,
                          const std::vector<int64_t>& revoked) override;
+  void OnLeaseGranted(int64_t id) override;
   void OnLeaseRevoked(int64_t id) override;
   void OnRestored() override;
 
@@ -111,6 +115,10 @@ class KvServer : public KvStateMachine::Listener {
   void RunDeferred();
   void RenewNow(int64_t id, Reply<int64_t> reply);
   void ConfirmThenKeepAlive(int64_t id, Reply<int64_t> reply);
+  void FinishKeepAlive(const absl::Status& confirmed, int64_t id, Reply<int64_t> reply);
+  void FinishTimeToLive(const absl::Status& confirmed,
+                        const etcdserverpb::LeaseTimeToLiveRequest& r,
+                        Reply<etcdserverpb::LeaseTimeToLiveResponse> reply);
   void AddLeaseWaiter(int64_t lease, int64_t expiry_ms, Reply<int64_t> reply);
   void AnswerLeaseWaiters(int64_t lease, const absl::StatusOr<int64_t>& answer,
                           int64_t expiry_reached_ms);

@@ -109,10 +109,15 @@ absl::Status KvStateMachine::Apply(LogIndex index, uint64_t request_id, std::str
                                    const ApplyContext& context) {
   KEEL_ASSERT(index > applied_);
   if (!health_.ok()) return health_;
+  // The window before this entry: ids applied at (index - 1 - window, index - 1]. A
+  // machine restarted at index - 1 loads exactly these, so it decides alike.
+  Forget(index - 1);
+  if (!health_.ok()) return health_;
   absl::Status result;
   std::vector<mvccpb::Event> events;
   serverpb::Command c;
-  if (request_id != 0 && recent_ids_.contains(request_id)) {
+  const bool duplicate = request_id != 0 && recent_ids_.contains(request_id);
+  if (duplicate) {
     result = absl::DeadlineExceededError(
         "etcdserver: a duplicate of a request applied before; its outcome is unknown here");
   } else if (!c.ParseFromArray(command.data(), static_cast<int>(command.size()))) {
@@ -126,25 +131,31 @@ absl::Status KvStateMachine::Apply(LogIndex index, uint64_t request_id, std::str
   if (kv::IsStorageFailure(result)) health_ = result;
   // The applied index and the window join the same transaction as the changes.
   applied_ = index;
-  if (health_.ok()) health_ = Fatal(backend_->PutMeta(kv::kMetaConsistentIndex, static_cast<int64_t>(index.value)));
-  if (health_.ok()) Remember(request_id, index);
+  if (health_.ok()) {
+    health_ = Fatal(backend_->PutMeta(kv::kMetaConsistentIndex, static_cast<int64_t>(index.value)));
+  }
+  // A dropped duplicate leaves no trace: the window keeps the first one's index.
+  if (health_.ok() && !duplicate && request_id != 0) Remember(request_id, index);
   if (!health_.ok()) return health_;
   if (!events.empty() && listener_ != nullptr) listener_->OnEvents(events);
   return result;
 }
 
 void KvStateMachine::Remember(uint64_t request_id, LogIndex index) {
-  if (request_id != 0) {
-    recent_ids_.insert(request_id);
-    recent_order_.emplace_back(index, request_id);
-    health_ = Fatal(backend_->PutRequestId(request_id, static_cast<int64_t>(index.value)));
-    if (!health_.ok()) return;
-  }
-  const int64_t window_start = static_cast<int64_t>(index.value) - config_.dedup_window_entries;
-  while (!recent_order_.empty() && static_cast<int64_t>(recent_order_.front().first.value) <= window_start) {
+  recent_ids_.insert(request_id);
+  recent_order_.emplace_back(index, request_id);
+  health_ = Fatal(backend_->PutRequestId(request_id, static_cast<int64_t>(index.value)));
+}
+
+void KvStateMachine::Forget(LogIndex through_applied) {
+  const int64_t window_start =
+      static_cast<int64_t>(through_applied.value) - config_.dedup_window_entries;
+  while (!recent_order_.empty() &&
+         static_cast<int64_t>(recent_order_.front().first.value) <= window_start) {
     recent_ids_.erase(recent_order_.front().second);
     recent_order_.pop_front();
   }
+  // The database keeps a few more (trimmed in batches); loading filters by index.
   if (window_start - trimmed_through_ >= kDedupTrimEvery) {
     health_ = Fatal(backend_->DeleteRequestIdsThrough(window_start));
     trimmed_through_ = window_start;
@@ -202,6 +213,7 @@ absl::Status KvStateMachine::ApplyLease(const serverpb::Command& c, const ApplyC
     r.set_id(c.lease_grant().id());
     r.set_ttl(*ttl);
     if (context.response != nullptr) *context.response = std::move(r);
+    if (listener_ != nullptr) listener_->OnLeaseGranted(c.lease_grant().id());
     return absl::OkStatus();
   }
   if (c.has_lease_revoke()) {
@@ -331,9 +343,7 @@ static absl::Status WriteDump(const KvStateMachine::Dump& d, kv::Backend* b);
 absl::Status KvStateMachine::CheckSnapshot(LogIndex index, std::string_view data) const {
   Dump dump;
   if (absl::Status st = ParseDump(data, &dump); !st.ok()) return st;
-  if (dump.applied < index.value) {
-    return absl::DataLossError("keyspace snapshot is older than the Raft snapshot it rides in");
-  }
+  // dump.applied may be below index: the entries between carried no command.
   // Loading it into memory checks everything Open() would, without touching the disk.
   kv::MemoryBackend scratch;
   if (absl::Status st = WriteDump(dump, &scratch); !st.ok()) return st;
@@ -363,20 +373,25 @@ static absl::Status WriteDump(const KvStateMachine::Dump& d, kv::Backend* b) {
 
 absl::Status KvStateMachine::Restore(LogIndex index, std::string_view data) {
   if (data.substr(0, 4) == kMarkerMagic) {
-    // This node's own snapshot: the state is in the database already, at least as new.
+    // This node's own snapshot: the state is in the database already, at least as new
+    // as the marker says. (The marker's index may be below the snapshot's: entries
+    // after it carried no command for the machine.)
     ByteReader r(data.substr(4));
     uint64_t at = 0;
+    // (`at` may also be past the snapshot's index: after a peer's newer dump.)
     if (!r.U64(&at) || !r.Done()) return absl::DataLossError("keyspace marker is corrupt");
-    if (applied_ < index) {
+    if (applied_.value < at) {
       return absl::DataLossError(absl::StrCat("the database is at applied index ", applied_.value,
-                                              ", behind the log's snapshot at ", index.value));
+                                              ", behind its snapshot's ", at));
     }
     return absl::OkStatus();
   }
+  // Validated in memory first: on error nothing changes (Node checked it too, before
+  // Raft took it; this keeps the contract for any caller).
+  if (absl::Status st = CheckSnapshot(index, data); !st.ok()) return st;
   Dump dump;
   if (absl::Status st = ParseDump(data, &dump); !st.ok()) return st;
-  if (dump.applied < index.value) return absl::DataLossError("keyspace snapshot is too old");
-  // Checked by CheckSnapshot before Raft took it; from here on a failure is the disk's.
+  // From here on a failure is the disk's.
   if (absl::Status st = Fatal(backend_->ClearKeyspace()); !st.ok()) return health_ = st;
   if (absl::Status st = Fatal(WriteDump(dump, backend_)); !st.ok()) return health_ = st;
   if (absl::Status st = Load(backend_); !st.ok()) return health_ = Fatal(st);

@@ -65,6 +65,8 @@ class KvStateMachine : public StateMachine {
     // A checkpoint of its leader's term was applied; `revoked` are the leases it expired.
     virtual void OnLeaseCheckpoint(const leasepb::Checkpoint& checkpoint,
                                    const std::vector<int64_t>& revoked) = 0;
+    // A LeaseGrant was applied.
+    virtual void OnLeaseGranted(int64_t id) {}
     // A LeaseRevoke was applied.
     virtual void OnLeaseRevoked(int64_t id) = 0;
     // The whole state was replaced by a peer's snapshot.
@@ -107,6 +109,8 @@ class KvStateMachine : public StateMachine {
   absl::Status ApplyLease(const serverpb::Command& command, const ApplyContext& context,
                           std::vector<mvccpb::Event>* events);
   void Remember(uint64_t request_id, LogIndex index);
+  // Drops from the window the ids applied at or below through_applied - window.
+  void Forget(LogIndex through_applied);
   static absl::Status ParseDump(std::string_view data, Dump* out);
   absl::Status Load(kv::Backend* backend);
 

@@ -117,8 +117,8 @@ TEST(RaftChecker, CatchesTwoDifferentEntriesCommittedAtOneIndex) {  // State Mac
 
 TEST(RaftChecker, CatchesTwoDifferentRequestsAppliedAtOneIndex) {
   RaftChecker c(2);
-  c.OnApply(0, {7, LogIndex(3), "a"});
-  c.OnApply(1, {8, LogIndex(3), "b"});
+  c.OnApply(0, LogIndex(3), 7);
+  c.OnApply(1, LogIndex(3), 8);
   EXPECT_TRUE(Mentions(c, "applied request"));
 }
 

@@ -14,6 +14,7 @@
 #include "core/etcdpb/rpc.pb.h"
 #include "core/kv/errors.h"
 #include "tests/core/kv/memory_backend.h"
+#include "tests/core/kv/kv_test_util.h"
 
 // The Applier against etcd 3.4's semantics: etcdserver/apply.go (Range, Put, DeleteRange,
 // Txn, compareToPath, applyCompare, checkRequestPut, checkRequestRange, Compaction),
@@ -40,7 +41,7 @@ using etcdserverpb::TxnResponse;
 using ::testing::ElementsAre;
 using ::testing::IsEmpty;
 
-const std::string kNul("\0", 1);  // range_end "\0": every key >= key
+using test::kNul;
 
 class FakeLeases : public LeaseLookup {
  public:
