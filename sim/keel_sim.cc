@@ -54,7 +54,8 @@ int Usage(const char* why) {
                "       keel-sim --seeds A..B [--jobs J] [--plant BUG] [FILE.scenario]\n"
                "       keel-sim [--seed N] [--trace] [--progress] FILE.scenario\n"
                "BUG (test-only planted bugs): vote-without-log-check, "
-               "commit-previous-term, vote-before-persist, read-without-heartbeat, skip-fsync\n",
+               "commit-previous-term, vote-before-persist, read-without-heartbeat, skip-fsync,\n"
+               "  follower-read, lease-gone, fresh-ttl-on-promotion\n",
                why);
   return 2;
 }
@@ -80,6 +81,12 @@ bool ApplyPlant(const std::string& name, RunOptions* options) {
     bugs->read_index_without_heartbeat = true;
   } else if (name == "skip-fsync") {
     options->planted_skip_fsync = true;
+  } else if (name == "follower-read") {
+    options->server_bugs.follower_reads_locally = true;
+  } else if (name == "lease-gone") {
+    options->server_bugs.lease_gone_without_confirmation = true;
+  } else if (name == "fresh-ttl-on-promotion") {
+    options->server_bugs.fresh_ttl_on_promotion = true;
   } else {
     return false;
   }

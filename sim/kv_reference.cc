@@ -18,8 +18,12 @@ class KvReference::Recorder : public server::KvStateMachine::Listener {
       if (e.type() == mvccpb::Event::PUT) ++ref_->puts_[{e.kv().key(), e.kv().value()}];
     }
   }
-  void OnLeaseCheckpoint(const leasepb::Checkpoint&, const std::vector<int64_t>&) override {}
-  void OnLeaseRevoked(int64_t) override {}
+  void OnLeaseCheckpoint(const leasepb::Checkpoint&, const std::vector<int64_t>& revoked) override {
+    for (int64_t id : revoked) ref_->revocations_.push_back({id, ref_->feeding_at_, true});
+  }
+  void OnLeaseRevoked(int64_t id) override {
+    ref_->revocations_.push_back({id, ref_->feeding_at_, false});
+  }
   void OnRestored() override {}
 
  private:
@@ -52,6 +56,7 @@ std::string KvReference::OnApply(LogIndex index, uint64_t request_id, std::strin
   const bool compaction = c.ParseFromArray(command.data(), static_cast<int>(command.size())) &&
                           c.has_compaction();
   const int64_t before = revision();
+  feeding_at_ = now;
   server::StateMachine::ApplyContext ctx = context;
   ctx.response = nullptr;
   (void)machine_->Apply(index, request_id, compaction ? std::string_view() : command, ctx);

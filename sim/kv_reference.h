@@ -44,6 +44,12 @@ class KvReference {
   // How many revisions put `value` into `key` (values written by the workload are unique).
   int PutsOf(const std::string& key, const std::string& value) const;
   const server::KvStateMachine& machine() const { return *machine_; }
+  struct Revocation {
+    int64_t lease;
+    Nanos at;      // when the revoking command first applied anywhere
+    bool expired;  // by a lease clock checkpoint (else a LeaseRevoke)
+  };
+  const std::vector<Revocation>& revocations() const { return revocations_; }
 
  private:
   class Recorder;
@@ -56,6 +62,8 @@ class KvReference {
   absl::btree_map<std::pair<std::string, std::string>, int> puts_;
   absl::btree_map<uint64_t, std::string> command_at_;  // index -> command, to compare
   absl::btree_map<uint64_t, int64_t> revision_after_;  // index -> revision
+  std::vector<Revocation> revocations_;
+  Nanos feeding_at_{0};  // the time of the command being applied
 };
 
 }  // namespace keel::sim

@@ -444,7 +444,7 @@ constexpr MetricName kMetricNames[] = {
     {"leader_ms", Metric::kLeaderMs, true}, {"elections", Metric::kElections, true},
     {"acked", Metric::kAcked, false},       {"failed", Metric::kFailed, false},
     {"reads", Metric::kReads, false},       {"snapshots", Metric::kSnapshots, true},
-    {"crashes", Metric::kCrashes, true},
+    {"crashes", Metric::kCrashes, true},    {"puts", Metric::kPuts, false},
 };
 
 struct CompareName {
@@ -667,7 +667,8 @@ absl::Status Parser::ParseDisk(Args args) {
 }
 
 absl::Status Parser::ParseWorkload(Args args) {
-  auto pairs = ParseKeyValues(args, "workload", {"clients", "think", "timeout", "reads"});
+  auto pairs = ParseKeyValues(args, "workload",
+                              {"clients", "think", "timeout", "reads", "registrars", "abandon"});
   if (!pairs.ok()) return pairs.status();
   WorkloadSettings& workload = scenario_.workload;
   for (const auto& [key, value] : *pairs) {
@@ -675,10 +676,14 @@ absl::Status Parser::ParseWorkload(Args args) {
       absl::StatusOr<int> clients = ParseIntInRange(value, "clients", 0, kClientsMax);
       if (!clients.ok()) return clients.status();
       workload.clients = *clients;
-    } else if (key == "reads") {
-      absl::StatusOr<double> reads = ParseProbability(value, "reads", /*one_allowed=*/true);
-      if (!reads.ok()) return reads.status();
-      workload.read_fraction = *reads;
+    } else if (key == "registrars") {
+      absl::StatusOr<int> registrars = ParseIntInRange(value, "registrars", 0, kClientsMax);
+      if (!registrars.ok()) return registrars.status();
+      workload.registrars = *registrars;
+    } else if (key == "reads" || key == "abandon") {
+      absl::StatusOr<double> p = ParseProbability(value, key, /*one_allowed=*/true);
+      if (!p.ok()) return p.status();
+      (key == "reads" ? workload.read_fraction : workload.abandon_probability) = *p;
     } else {
       absl::StatusOr<Nanos> d = ParseDurationText(value);
       if (!d.ok()) return d.status();

@@ -92,6 +92,8 @@ enum class Metric {
   kLeaderMs,       // milliseconds any of the nodes spent as leader within the window
   kElections,      // times any of the nodes became leader within the window
   kAcked,          // client writes acknowledged within the window (names no nodes)
+  kPuts,           // ... of them, writes that need space (puts, compare-and-swaps): what
+                   // the NOSPACE alarm refuses; deletes still pass, as in etcd
   kFailed,         // client requests started within the window that did not succeed
                    // (names no nodes)
   kReads,          // client reads answered OK within the window (names no nodes)
@@ -135,6 +137,11 @@ struct WorkloadSettings {
   Nanos think = Millis(20);             // pause between a client's requests
   Nanos timeout = Millis(3000);         // a client gives up on a request after this
   double read_fraction = 0.1;           // share of requests that are linearizable reads
+  // Registrars (`registrars=N`): each grants a lease, puts a key on it and keeps it
+  // alive every TTL/3 at the leader; at each keepalive it abandons its lease (stops
+  // renewing, registers anew later) with `abandon=P`.
+  int registrars = 0;
+  double abandon_probability = 0.05;
 };
 
 struct Scenario {

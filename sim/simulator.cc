@@ -19,6 +19,7 @@
 #include "sim/checker.h"
 #include "sim/kv_history.h"
 #include "sim/kv_reference.h"
+#include "sim/lease_checker.h"
 #include "sim/node_disk.h"
 #include "storage/sim_vfs.h"
 
@@ -32,6 +33,18 @@ constexpr uint64_t kKeys = 6;  // the workload's key space: small, so clients co
 
 // The keyspace's settings for a scenario's timing: etcd's minimum lease TTL is
 // ceil(1.5 x the election timeout).
+// The lease bound's allowances for a scenario (lease_checker.h): drift and skew are
+// raised as steps set them (Sim::ApplyStep).
+LeaseChecker::Config LeaseCheckerConfigFor(const Scenario& s) {
+  const Nanos et = s.tick_interval * s.election_ticks;
+  LeaseChecker::Config c;
+  c.election_timeout = et;
+  c.checkpoint_interval = et / 2;
+  // A checkpoint's way: a tick to be proposed, replication, fsyncs (spikes: 100x).
+  c.commit_allowance = 2 * et + 3 * 100 * s.disk.fsync_max;
+  return c;
+}
+
 server::KvConfig KvConfigFor(const Scenario& s) {
   server::KvConfig config;
   const int64_t et_ms = std::chrono::duration_cast<Millis>(s.tick_interval).count() * s.election_ticks;
@@ -238,7 +251,17 @@ class Sim {
   void ScheduleClient(int client, Nanos delay);
   KvOp DrawOp();
   void IssueRequest(int client);
-  void Send(size_t request, int target);
+  using CallDone = std::function<void(absl::Status, std::string)>;
+  using CallBody = std::function<void(server::KvServer&, CallDone)>;
+  // A client's call to one node through the simulated network: there after a latency,
+  // refused if the node is down, answered once the node's fsync completes and back after
+  // a latency, given up after the workload's timeout. `done` runs exactly once.
+  void Call(int target, CallBody body, CallDone done);
+  void Send(server::KvServer& server, size_t request, CallDone reply);
+  void StartRegistration(int registrar);
+  void Registered(int registrar, int64_t lease, int64_t ttl_seconds, Nanos sent);
+  void KeepAlive(int registrar, int64_t lease, bool may_abandon);
+  LeaseChecker::Leadership LeadershipHistory() const;
   void Resolve(size_t request, const absl::Status& status, const std::string& response);
   void Learn(const Request& request);
 
@@ -289,6 +312,16 @@ class Sim {
   KvReference reference_;
   // Per client: the last value it saw of each key (its next compare-and-swap expects it).
   std::vector<absl::btree_map<std::string, std::string>> client_seen_;
+  struct Registrar {
+    int64_t lease = 0;  // 0: none held
+    Nanos ttl{0};
+    int target = 0;     // the member it believes leads
+    uint64_t generation = 0;
+  };
+  std::vector<Registrar> registrars_;
+  LeaseChecker lease_checker_;
+  double drift_max_seen_ = 0;
+  Nanos skew_forward_total_{0};
 
   struct CommitEvent { Nanos at; int node; uint64_t count; bool leader; };
   struct LeaderInterval { int node; Nanos from; Nanos to; };
@@ -338,7 +371,9 @@ Sim::Sim(const Scenario& scenario, const RunOptions& options)
       clogged_(scenario.cluster, false),
       client_seq_(scenario.workload.clients, 0),
       reference_(KvConfigFor(scenario)),
-      client_seen_(scenario.workload.clients) {
+      client_seen_(scenario.workload.clients),
+      registrars_(scenario.workload.registrars),
+      lease_checker_(LeaseCheckerConfigFor(scenario)) {
   KEEL_ASSERT(scenario.cluster >= 1 && scenario.cluster <= kClusterSizeMax);
   nodes_.resize(scenario.cluster);
   for (int i = 0; i < scenario.cluster; ++i) {
@@ -857,6 +892,7 @@ void Sim::ApplyStep(const Step& step) {
       break;
     case StepKind::kSkew:
       for (int i : a) nodes_[i].clock_local += step.offset;
+      if (step.offset > Nanos(0)) skew_forward_total_ += step.offset;
       break;
     case StepKind::kDrift:
       for (int i : a) {
@@ -864,6 +900,7 @@ void Sim::ApplyStep(const Step& step) {
         n.clock_local = LocalNow(i);
         n.clock_global = now_;
         n.drift = step.value;
+        drift_max_seen_ = std::max(drift_max_seen_, std::abs(step.value));
       }
       break;
     case StepKind::kLoss: net_.loss = step.value; break;
@@ -1049,40 +1086,48 @@ void Sim::IssueRequest(int client) {
   }
   req.start = now_;
   const size_t id = history_.Begin(std::move(req));
-
-  const Nanos there(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
-  Schedule(now_ + scenario_.workload.timeout, [this, id] {
-    Resolve(id, absl::DeadlineExceededError("client gave up"), "");
-  });
-  Schedule(now_ + there, [this, id] {
-    const int target = history_.at(id).node;
-    if (!nodes_[target].up || nodes_[target].server == nullptr) {
-      // Connection refused: nothing was sent.
-      Resolve(id, absl::UnavailableError("connection refused"), "");
-      return;
-    }
-    RunOnNode(target, kAnyIncarnation, [this, id, target] { Send(id, target); });
-  });
+  Call(history_.at(id).node,
+       [this, id](server::KvServer& server, CallDone reply) { Send(server, id, std::move(reply)); },
+       [this, id](absl::Status st, std::string response) { Resolve(id, st, response); });
 }
 
-void Sim::Send(size_t id, int target) {
-  // The reply leaves once the node's fsync completes, if it does not crash first.
-  auto reply = [this, id, target](absl::Status st, std::string response) {
-    const SimNode& n = nodes_[target];
-    Schedule(std::max(now_, n.busy_until), [this, id, target, st, response = std::move(response),
-                                            incarnation = n.incarnation]() mutable {
-      Depart(target, incarnation, [this, id, st, response = std::move(response)]() mutable {
-        const Nanos back(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
-        Schedule(now_ + back, [this, id, st, response = std::move(response)] {
-          Resolve(id, st, response);
+void Sim::Call(int target, CallBody body, CallDone done) {
+  auto finished = std::make_shared<bool>(false);
+  auto finish = [finished, done = std::move(done)](absl::Status st, std::string response) {
+    if (*finished) return;  // the client gave up already, or the reply came first
+    *finished = true;
+    done(std::move(st), std::move(response));
+  };
+  Schedule(now_ + scenario_.workload.timeout, [finish] {
+    finish(absl::DeadlineExceededError("client gave up"), "");
+  });
+  const Nanos there(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
+  Schedule(now_ + there, [this, target, body = std::move(body), finish] {
+    if (!nodes_[target].up || nodes_[target].server == nullptr) {
+      return finish(absl::UnavailableError("connection refused"), "");  // nothing was sent
+    }
+    RunOnNode(target, kAnyIncarnation, [this, target, body, finish] {
+      body(*nodes_[target].server, [this, target, finish](absl::Status st, std::string response) {
+        // The reply leaves once the node's fsync completes, if it does not crash first.
+        const SimNode& n = nodes_[target];
+        Schedule(std::max(now_, n.busy_until), [this, target, finish, st, incarnation = n.incarnation,
+                                                response = std::move(response)]() mutable {
+          Depart(target, incarnation, [this, finish, st, response = std::move(response)]() mutable {
+            const Nanos back(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
+            Schedule(now_ + back, [finish, st, response = std::move(response)] {
+              finish(st, response);
+            });
+          });
         });
       });
     });
-  };
+  });
+}
+
+void Sim::Send(server::KvServer& server, size_t id, CallDone reply) {
   auto answer = [reply](const auto& got) {
     reply(got.status(), got.ok() ? got->SerializeAsString() : std::string());
   };
-  server::KvServer& server = *nodes_[target].server;
   const Request& r = history_.at(id);
   switch (r.op) {
     case KvOp::kGet:
@@ -1098,6 +1143,92 @@ void Sim::Send(size_t id, int target) {
       return server.Compact(c, answer);
     }
   }
+}
+
+// ---- registrars: leases kept alive, and abandoned ------------------------------
+
+void Sim::StartRegistration(int r) {
+  if (!clients_active_) return;
+  Registrar& reg = registrars_[r];
+  reg.lease = 0;
+  const int64_t min_ttl = KvConfigFor(scenario_).lease.min_ttl_seconds;
+  const int64_t ttl = min_ttl + static_cast<int64_t>(rng_.Uniform(2 * min_ttl + 1));
+  const Nanos sent = now_;
+  const int node = static_cast<int>(rng_.Uniform(scenario_.cluster));
+  Call(node,
+       [ttl](server::KvServer& server, CallDone reply) {
+         etcdserverpb::LeaseGrantRequest g;
+         g.set_ttl(ttl);
+         server.LeaseGrant(g, [reply](const absl::StatusOr<etcdserverpb::LeaseGrantResponse>& got) {
+           reply(got.status(), got.ok() ? got->SerializeAsString() : std::string());
+         });
+       },
+       [this, r, sent](absl::Status st, std::string response) {
+         etcdserverpb::LeaseGrantResponse g;
+         if (!st.ok() || !g.ParseFromString(response)) {
+           Schedule(now_ + scenario_.tick_interval, [this, r] { StartRegistration(r); });
+           return;
+         }
+         Registered(r, g.id(), g.ttl(), sent);
+       });
+}
+
+void Sim::Registered(int r, int64_t lease, int64_t ttl_seconds, Nanos sent) {
+  Registrar& reg = registrars_[r];
+  reg.lease = lease;
+  reg.ttl = std::chrono::seconds(ttl_seconds);
+  lease_checker_.OnGranted(lease, ttl_seconds, sent, now_);
+  // Its registration: a key bound to the lease (gone with it).
+  const int node = static_cast<int>(rng_.Uniform(scenario_.cluster));
+  const std::string key = absl::StrCat("reg/", r);
+  const std::string value = absl::StrCat("r", r, "-", reg.generation++);
+  Call(node,
+       [key, value, lease](server::KvServer& server, CallDone reply) {
+         etcdserverpb::PutRequest p;
+         p.set_key(key);
+         p.set_value(value);
+         p.set_lease(lease);
+         server.Put(p, [reply](const absl::StatusOr<etcdserverpb::PutResponse>& got) {
+           reply(got.status(), "");
+         });
+       },
+       [](absl::Status, std::string) {});
+  Schedule(now_ + reg.ttl / 3, [this, r, lease] { KeepAlive(r, lease, /*may_abandon=*/true); });
+}
+
+void Sim::KeepAlive(int r, int64_t lease, bool may_abandon) {
+  Registrar& reg = registrars_[r];
+  if (reg.lease != lease) return;
+  if (!clients_active_ || (may_abandon && rng_.Chance(scenario_.workload.abandon_probability))) {
+    lease_checker_.OnAbandoned(lease, now_);
+    reg.lease = 0;
+    if (clients_active_) {
+      Schedule(now_ + Nanos(rng_.Range(0, reg.ttl.count())), [this, r] { StartRegistration(r); });
+    }
+    return;
+  }
+  const Nanos sent = now_;
+  Call(reg.target,
+       [lease](server::KvServer& server, CallDone reply) {
+         server.LeaseKeepAlive(lease, [reply](const absl::StatusOr<int64_t>& got) {
+           reply(got.status(), "");
+         });
+       },
+       [this, r, lease, sent](absl::Status st, std::string) {
+         Registrar& self = registrars_[r];
+         if (self.lease != lease) return;
+         if (st.ok()) {
+           lease_checker_.OnKeepAliveOk(lease, sent, now_);
+           Schedule(now_ + self.ttl / 3, [this, r, lease] { KeepAlive(r, lease, true); });
+         } else if (absl::IsNotFound(st)) {
+           lease_checker_.OnKeepAliveNotFound(lease, sent, now_);
+           StartRegistration(r);  // as a registry client does: register anew
+         } else {
+           // Not the leader, unreachable or slow: the next member, at once.
+           self.target = (self.target + 1) % scenario_.cluster;
+           Schedule(now_ + scenario_.tick_interval, [this, r, lease] { KeepAlive(r, lease, false); });
+         }
+       });
 }
 
 void Sim::Resolve(size_t id, const absl::Status& status, const std::string& response) {
@@ -1211,6 +1342,21 @@ bool Sim::Converged() const {
   return true;
 }
 
+LeaseChecker::Leadership Sim::LeadershipHistory() const {
+  LeaseChecker::Leadership out;
+  for (const auto& [at, node] : elections_) out.elections.push_back(at);
+  std::vector<std::pair<Nanos, Nanos>> led;
+  for (const LeaderInterval& l : leader_intervals_) led.emplace_back(l.from, l.to);
+  std::sort(led.begin(), led.end());
+  Nanos covered{0};
+  for (const auto& [from, to] : led) {
+    if (from > covered) out.leaderless.emplace_back(covered, from);
+    covered = std::max(covered, to);
+  }
+  if (covered < now_) out.leaderless.emplace_back(covered, now_);
+  return out;
+}
+
 void Sim::CheckEndState() {
   // Every node holds the reference's keyspace: same revision, keys, values and leases.
   etcdserverpb::RangeRequest all;
@@ -1274,10 +1420,12 @@ double Sim::Measure(const Expectation& e) {
       }
       break;
     case Metric::kAcked:
+    case Metric::kPuts:
       for (const Request& r : history_.requests()) {
-        if (r.write() && r.outcome == Outcome::kOk && r.end >= e.from && r.end < e.to) {
-          total += 1;
-        }
+        const bool counted = e.metric == Metric::kAcked
+                                 ? r.write()
+                                 : r.op == KvOp::kPut || r.op == KvOp::kCas;
+        if (counted && r.outcome == Outcome::kOk && r.end >= e.from && r.end < e.to) total += 1;
       }
       break;
     case Metric::kFailed:
@@ -1335,6 +1483,10 @@ RunResult Sim::Run() {
   for (int c = 0; c < scenario_.workload.clients; ++c) {
     ScheduleClient(c, Nanos(rng_.Range(0, scenario_.workload.think.count())));
   }
+  for (int r = 0; r < scenario_.workload.registrars; ++r) {
+    registrars_[r].target = static_cast<int>(rng_.Uniform(scenario_.cluster));
+    Schedule(Nanos(rng_.Range(0, ElectionTimeout().count() * 2)), [this, r] { StartRegistration(r); });
+  }
   Nanos progress_at{0};
   const Nanos progress_every = std::max<Nanos>(scenario_.run_for / 50, Millis(1));
   // A safety violation ends the run at once: what follows would only bury it.
@@ -1354,6 +1506,13 @@ RunResult Sim::Run() {
   if (failures_.empty() && Converged()) CheckEndState();
   for (SimNode& n : nodes_) {
     if (n.up && n.role == Role::kLeader) leader_intervals_.push_back({n.index, n.leader_since, now_});
+  }
+  if (failures_.empty()) {
+    for (const KvReference::Revocation& r : reference_.revocations()) {
+      lease_checker_.OnRevoked(r.lease, r.at, r.expired);
+    }
+    lease_checker_.SetClocks(drift_max_seen_, skew_forward_total_);
+    for (std::string& f : lease_checker_.Check(now_, LeadershipHistory())) Fail(std::move(f));
   }
   CheckExpectations();
   return Result();
@@ -1435,9 +1594,10 @@ RunResult Sim::Result() const {
   result.writes_ok = writes_ok;
   result.summary = absl::StrFormat(
       "seed=0x%x nodes=%d sim=%.1fs events=%d msgs=%d/%d writes=%d/%d reads=%d/%d "
-      "elections=%d commit=%d hash=0x%016x %s",
+      "leases=%d/%d elections=%d commit=%d hash=0x%016x %s",
       options_.seed, scenario_.cluster, result.simulated_seconds, events_, messages_delivered_,
       messages_delivered_ + messages_dropped_, writes_ok, writes, reads_ok, reads,
+      lease_checker_.expired(), lease_checker_.leases(),
       elections_.size(), checker_.max_committed().value, result.trace_hash,
       result.ok ? "OK" : "FAIL");
   return result;

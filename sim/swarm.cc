@@ -305,6 +305,10 @@ Scenario SwarmScenario(uint64_t seed) {
   }
   std::stable_sort(s.steps.begin(), s.steps.end(),
                    [](const Step& a, const Step& b) { return a.at < b.at; });
+  // Registrars hold leases through the faults; some abandon theirs (drawn last, so the
+  // draws above stay as they were).
+  s.workload.registrars = r.Chance(0.6) ? static_cast<int>(r.Range(1, 4)) : 0;
+  s.workload.abandon_probability = r.Unit() * 0.2;
   return s;
 }
 

@@ -62,6 +62,11 @@ void KvServer::FollowLeadership() {
   if (leads && (!lessor_.primary() || lessor_.term() != raft.term())) {
     FailLeaseWaiters(ErrLeaderChanged());
     lessor_.Promote(raft.term(), env_.Now());
+    if (config_.bugs.fresh_ttl_on_promotion) {
+      for (const auto& [id, lease] : machine_.leases().leases()) {
+        if (!lessor_.Expired(id, env_.Now())) lessor_.Renew(id, env_.Now());
+      }
+    }
     log_.Info("LessorPromoted").Field("id", raft.id()).Field("term", raft.term())
         .Field("lease_clock_ms", machine_.leases().clock_ms());
   } else if (!leads && lessor_.primary()) {

@@ -46,6 +46,9 @@ struct KvServerPlantedBugs {
   // A leader reports a lease gone on its own view, without confirming it still leads
   // (a deposed leader, paused or partitioned, revokes leases its successor kept alive).
   bool lease_gone_without_confirmation = false;
+  // A new leader renews every lease for a whole TTL (etcd before lease checkpoints,
+  // #9888): leader changes keep an abandoned lease alive.
+  bool fresh_ttl_on_promotion = false;
 };
 
 struct KvServerConfig {

@@ -10,11 +10,13 @@
 namespace keel::sim {
 namespace {
 
-RunResult RunSeed(uint64_t seed, raft::PlantedBugs bugs = {}, bool skip_fsync = false) {
+RunResult RunSeed(uint64_t seed, raft::PlantedBugs bugs = {}, bool skip_fsync = false,
+                  server::KvServerPlantedBugs server_bugs = {}) {
   RunOptions options;
   options.seed = seed;
   options.bugs = bugs;
   options.planted_skip_fsync = skip_fsync;
+  options.server_bugs = server_bugs;
   return RunScenario(SwarmScenario(seed), options);
 }
 
@@ -39,14 +41,15 @@ TEST(Simulator, CleanSeedsPass) {
 }
 
 // Runs seeds 1..1000 with the bug planted until one fails; returns that seed (0: none).
-uint64_t FindPlantedBug(raft::PlantedBugs bugs, const char* name, bool skip_fsync = false) {
+uint64_t FindPlantedBug(raft::PlantedBugs bugs, const char* name, bool skip_fsync = false,
+                        server::KvServerPlantedBugs server_bugs = {}) {
   for (uint64_t seed = 1; seed <= 1000; ++seed) {
-    const RunResult r = RunSeed(seed, bugs, skip_fsync);
+    const RunResult r = RunSeed(seed, bugs, skip_fsync, server_bugs);
     if (!r.ok) {
       std::printf("[planted %s] found by seed %llu: %s\n", name,
                   static_cast<unsigned long long>(seed), r.failures[0].c_str());
       // The failure reproduces exactly from its seed.
-      const RunResult again = RunSeed(seed, bugs, skip_fsync);
+      const RunResult again = RunSeed(seed, bugs, skip_fsync, server_bugs);
       EXPECT_FALSE(again.ok);
       EXPECT_EQ(again.trace_hash, r.trace_hash);
       return seed;
@@ -77,6 +80,27 @@ TEST(PlantedBugs, ReadIndexWithoutAHeartbeatRoundIsFound) {
 // entries and votes that a crash then takes back.
 TEST(PlantedBugs, AcknowledgingBeforeTheFsyncIsFound) {
   EXPECT_NE(FindPlantedBug({}, "skip-fsync", /*skip_fsync=*/true), 0u);
+}
+
+// Freshness bites: a follower that answers a linearizable read from its own state,
+// without a ReadIndex round, serves reads that miss revisions committed before them.
+TEST(PlantedBugs, AFollowerAnsweringALinearizableReadLocallyIsFound) {
+  EXPECT_NE(FindPlantedBug({}, "follower-read", false, {.follower_reads_locally = true}), 0u);
+}
+
+// Lease truth bites: a leader that reports a lease gone from its own view, without
+// confirming it still leads, tells a registrar its lease is gone while the cluster
+// (a newer leader) keeps it alive: a deposed leader revoking leases (etcd #15247).
+TEST(PlantedBugs, ADeposedLeaderRevokingLeasesIsFound) {
+  EXPECT_NE(FindPlantedBug({}, "lease-gone", false, {.lease_gone_without_confirmation = true}),
+            0u);
+}
+
+// Lease bound bites: a new leader that gives every lease a fresh TTL (etcd before lease
+// checkpoints, #9888) keeps an abandoned lease alive across leader changes.
+TEST(PlantedBugs, ANewLeaderRenewingEveryLeaseIsFound) {
+  EXPECT_NE(FindPlantedBug({}, "fresh-ttl-on-promotion", false, {.fresh_ttl_on_promotion = true}),
+            0u);
 }
 
 }  // namespace
