@@ -55,7 +55,7 @@ int Usage(const char* why) {
                "       keel-sim [--seed N] [--trace] [--progress] FILE.scenario\n"
                "BUG (test-only planted bugs): vote-without-log-check, "
                "commit-previous-term, vote-before-persist, read-without-heartbeat, skip-fsync,\n"
-               "  follower-read, lease-gone, fresh-ttl-on-promotion\n",
+               "  follower-read, lease-gone, fresh-ttl-on-promotion, watch-skip\n",
                why);
   return 2;
 }
@@ -87,6 +87,8 @@ bool ApplyPlant(const std::string& name, RunOptions* options) {
     options->server_bugs.lease_gone_without_confirmation = true;
   } else if (name == "fresh-ttl-on-promotion") {
     options->server_bugs.fresh_ttl_on_promotion = true;
+  } else if (name == "watch-skip") {
+    options->watch_bugs.skip_first_event_after_batch = true;
   } else {
     return false;
   }

@@ -52,21 +52,26 @@ size_t LeaseChecker::expired() const {
 
 Nanos LeaseChecker::BoundFor(const Lease& l, const Leadership& leadership) const {
   const Nanos from = l.last_ok_acknowledged;
-  Nanos bound = from + Scale(std::chrono::seconds(l.ttl_seconds), 1.0 / (1.0 - config_.drift_max)) +
-                config_.checkpoint_interval + config_.commit_allowance;
-  // Each leader change after `from` may pause the clock (promotion) and take it back by
-  // up to a checkpoint interval; time without a leader does not count. A change only
-  // matters before the lease is due, so extend the bound as changes fall inside it.
-  size_t next = static_cast<size_t>(
-      std::upper_bound(leadership.elections.begin(), leadership.elections.end(), from) -
-      leadership.elections.begin());
-  for (; next < leadership.elections.size() && leadership.elections[next] <= bound; ++next) {
-    bound += config_.election_timeout + config_.checkpoint_interval + config_.commit_allowance;
-  }
-  for (const auto& [a, b] : leadership.leaderless) {
-    const Nanos lo = std::max(a, from);
-    const Nanos hi = std::min(b, bound);
-    if (hi > lo) bound += hi - lo;
+  const Nanos base = from +
+                     Scale(std::chrono::seconds(l.ttl_seconds), 1.0 / (1.0 - config_.drift_max)) +
+                     config_.checkpoint_interval + config_.commit_allowance;
+  const Nanos per_change =
+      config_.election_timeout + config_.checkpoint_interval + config_.commit_allowance;
+  // Leader changes and stalls count only while the lease is still due; each one pushes
+  // its due time later, so the bound is the fixpoint of adding what falls before it.
+  Nanos bound = base;
+  for (;;) {
+    Nanos next = base;
+    for (Nanos e : leadership.elections) {
+      if (e > from && e <= bound) next += per_change;
+    }
+    for (const auto& [a, b] : leadership.stalled) {
+      const Nanos lo = std::max(a, from);
+      const Nanos hi = std::min(b, bound);
+      if (hi > lo) next += hi - lo;
+    }
+    if (next <= bound) break;
+    bound = next;
   }
   return bound;
 }

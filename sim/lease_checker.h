@@ -10,8 +10,9 @@
 //              keyspace revoked the lease (a deposed leader's stale view is no answer);
 //  Bound       a lease whose holder stopped renewing is revoked by
 //                last acknowledgement + TTL on the slowest clock + checkpoint interval
-//                + commit allowance + per leader change after it (its leaderless time
-//                + the promotion pause + a checkpoint interval),
+//                + commit allowance + the time no leader could commit (none, or one
+//                without a quorum) + per leader change after it (the promotion pause
+//                + a checkpoint interval + a commit allowance),
 //              as lessor.h states; checked for every lease whose deadline fell within
 //              the run.
 
@@ -33,11 +34,11 @@ class LeaseChecker {
     Nanos checkpoint_interval{0};
     Nanos commit_allowance{0};  // a checkpoint's way through Raft, fsyncs included
   };
-  // The leadership of the run: when a leader was elected, and the time with none.
+  // The leadership of the run: when a leader was elected, and when none could commit.
   struct Leadership {
     std::vector<Nanos> elections;
-    // (from, to): spans with no leader.
-    std::vector<std::pair<Nanos, Nanos>> leaderless;
+    // (from, to): spans in which no leader could commit (none, or none with a quorum).
+    std::vector<std::pair<Nanos, Nanos>> stalled;
   };
 
   explicit LeaseChecker(Config config) : config_(config) {}

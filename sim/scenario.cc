@@ -668,7 +668,8 @@ absl::Status Parser::ParseDisk(Args args) {
 
 absl::Status Parser::ParseWorkload(Args args) {
   auto pairs = ParseKeyValues(args, "workload",
-                              {"clients", "think", "timeout", "reads", "registrars", "abandon"});
+                              {"clients", "think", "timeout", "reads", "registrars", "abandon",
+                               "watchers"});
   if (!pairs.ok()) return pairs.status();
   WorkloadSettings& workload = scenario_.workload;
   for (const auto& [key, value] : *pairs) {
@@ -676,10 +677,10 @@ absl::Status Parser::ParseWorkload(Args args) {
       absl::StatusOr<int> clients = ParseIntInRange(value, "clients", 0, kClientsMax);
       if (!clients.ok()) return clients.status();
       workload.clients = *clients;
-    } else if (key == "registrars") {
-      absl::StatusOr<int> registrars = ParseIntInRange(value, "registrars", 0, kClientsMax);
-      if (!registrars.ok()) return registrars.status();
-      workload.registrars = *registrars;
+    } else if (key == "registrars" || key == "watchers") {
+      absl::StatusOr<int> n = ParseIntInRange(value, key, 0, kClientsMax);
+      if (!n.ok()) return n.status();
+      (key == "registrars" ? workload.registrars : workload.watchers) = *n;
     } else if (key == "reads" || key == "abandon") {
       absl::StatusOr<double> p = ParseProbability(value, key, /*one_allowed=*/true);
       if (!p.ok()) return p.status();

@@ -142,6 +142,10 @@ struct WorkloadSettings {
   // renewing, registers anew later) with `abandon=P`.
   int registrars = 0;
   double abandon_probability = 0.05;
+  // Watchers (`watchers=N`): each watches the workload's keys through a stream to one
+  // member, now and then asks for progress, is sometimes a slow client (refuses a
+  // response), and disconnects and resumes from the revision after the last it saw.
+  int watchers = 0;
 };
 
 struct Scenario {

@@ -20,6 +20,7 @@
 #include "sim/kv_history.h"
 #include "sim/kv_reference.h"
 #include "sim/lease_checker.h"
+#include "sim/watch_checker.h"
 #include "sim/node_disk.h"
 #include "storage/sim_vfs.h"
 
@@ -261,6 +262,10 @@ class Sim {
   void StartRegistration(int registrar);
   void Registered(int registrar, int64_t lease, int64_t ttl_seconds, Nanos sent);
   void KeepAlive(int registrar, int64_t lease, bool may_abandon);
+  void ConnectWatcher(int watcher);
+  void OnWatchResponse(int watcher, uint64_t epoch, const etcdserverpb::WatchResponse& response);
+  void DisconnectWatcher(int watcher, uint64_t epoch);
+  void WatcherTick(int watcher, uint64_t epoch);
   LeaseChecker::Leadership LeadershipHistory() const;
   void Resolve(size_t request, const absl::Status& status, const std::string& response);
   void Learn(const Request& request);
@@ -320,6 +325,18 @@ class Sim {
   };
   std::vector<Registrar> registrars_;
   LeaseChecker lease_checker_;
+  struct Watcher {
+    int node = -1;
+    uint64_t incarnation = 0;  // the node's, when the stream opened
+    watch::WatchHub::StreamId stream = 0;
+    size_t session = 0;
+    bool open = false;
+    uint64_t epoch = 0;        // bumps at each (re)connect: an old stream's responses drop
+    Nanos delivered_until{0};  // a stream delivers in order
+    int64_t resume_from = 0;   // 0: from now
+  };
+  std::vector<Watcher> watchers_;
+  WatchChecker watch_checker_;
   double drift_max_seen_ = 0;
   Nanos skew_forward_total_{0};
 
@@ -373,6 +390,7 @@ Sim::Sim(const Scenario& scenario, const RunOptions& options)
       reference_(KvConfigFor(scenario)),
       client_seen_(scenario.workload.clients),
       registrars_(scenario.workload.registrars),
+      watchers_(scenario.workload.watchers),
       lease_checker_(LeaseCheckerConfigFor(scenario)) {
   KEEL_ASSERT(scenario.cluster >= 1 && scenario.cluster <= kClusterSizeMax);
   nodes_.resize(scenario.cluster);
@@ -654,6 +672,9 @@ void Sim::StartNode(int node) {
   server_config.lessor.checkpoint_interval = ElectionTimeout() / 2;
   server_config.request_timeout = scenario_.workload.timeout;
   server_config.bugs = options_.server_bugs;
+  // Small catch-up batches: slow and resuming watchers cross batch boundaries often.
+  server_config.watch.catchup_revisions_max = 8;
+  server_config.watch.bugs = options_.watch_bugs;
   n.server = std::make_unique<server::KvServer>(server_config, *n.env, *n.node, *n.state);
   n.server->Start();
   AfterNodeEvent(node);
@@ -1231,6 +1252,122 @@ void Sim::KeepAlive(int r, int64_t lease, bool may_abandon) {
        });
 }
 
+// ---- watchers: streams that disconnect and resume ---------------------------------
+
+void Sim::ConnectWatcher(int w) {
+  if (!clients_active_) return;
+  Watcher& watcher = watchers_[w];
+  const uint64_t epoch = ++watcher.epoch;
+  watcher.open = false;
+  watcher.node = static_cast<int>(rng_.Uniform(scenario_.cluster));
+  const bool prev_kv = rng_.Chance(0.5);
+  watcher.session = watch_checker_.Begin(
+      {.watcher = w, .key = "k", .end = "l", .start = watcher.resume_from, .prev_kv = prev_kv});
+  const Nanos there(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
+  Schedule(now_ + there, [this, w, epoch, prev_kv] {
+    Watcher& self = watchers_[w];
+    if (self.epoch != epoch) return;
+    SimNode& n = nodes_[self.node];
+    if (!n.up || n.server == nullptr) {  // refused: try another member soon
+      Schedule(now_ + scenario_.tick_interval, [this, w, epoch] {
+        if (watchers_[w].epoch == epoch) ConnectWatcher(w);
+      });
+      return;
+    }
+    RunOnNode(self.node, kAnyIncarnation, [this, w, epoch, prev_kv] {
+      Watcher& me = watchers_[w];
+      if (me.epoch != epoch || nodes_[me.node].server == nullptr) return;
+      // The stream: responses reach the client in order, after a latency. A slow client
+      // refuses one now and then (the hub then catches it up from history).
+      auto sink = [this, w, epoch](const etcdserverpb::WatchResponse& r) {
+        Watcher& client = watchers_[w];
+        if (client.epoch != epoch) return true;
+        if (r.events_size() > 0 && rng_.Chance(0.05)) return false;
+        // It leaves once the member's fsync completes (it came from entries applied in
+        // this event), if the member does not crash first; then it travels in order.
+        const int node = client.node;
+        const SimNode& n = nodes_[node];
+        Schedule(std::max(now_, n.busy_until), [this, w, epoch, r, node,
+                                                incarnation = n.incarnation] {
+          Depart(node, incarnation, [this, w, epoch, r] {
+            Watcher& c = watchers_[w];
+            if (c.epoch != epoch) return;
+            const Nanos latency(rng_.Range(net_.latency_min.count(), net_.latency_max.count()));
+            c.delivered_until = std::max(c.delivered_until, now_ + latency);
+            Schedule(c.delivered_until, [this, w, epoch, r] { OnWatchResponse(w, epoch, r); });
+          });
+        });
+        return true;
+      };
+      absl::StatusOr<watch::WatchHub::StreamId> stream =
+          nodes_[me.node].server->OpenWatchStream(sink);
+      if (!stream.ok()) return;
+      me.stream = *stream;
+      me.incarnation = nodes_[me.node].incarnation;
+      me.open = true;
+      etcdserverpb::WatchCreateRequest create;
+      create.set_key("k");
+      create.set_range_end("l");
+      create.set_start_revision(me.resume_from);
+      create.set_prev_kv(prev_kv);
+      nodes_[me.node].server->WatchCreate(me.stream, create);
+    });
+  });
+  // It disconnects after a while and resumes elsewhere; meanwhile it watches its member.
+  Schedule(now_ + Nanos(rng_.Range(ElectionTimeout().count(), 4 * ElectionTimeout().count())),
+           [this, w, epoch] { DisconnectWatcher(w, epoch); });
+  Schedule(now_ + scenario_.tick_interval * 3, [this, w, epoch] { WatcherTick(w, epoch); });
+}
+
+void Sim::OnWatchResponse(int w, uint64_t epoch, const etcdserverpb::WatchResponse& response) {
+  Watcher& watcher = watchers_[w];
+  if (watcher.epoch != epoch) return;
+  watch_checker_.OnResponse(watcher.session, response);
+  watcher.resume_from = watch_checker_.last_revision(watcher.session) + 1;
+  if (response.canceled()) {
+    // Compacted away: the client lists again; here it resumes where it may.
+    if (response.compact_revision() > 0) watcher.resume_from = response.compact_revision();
+    DisconnectWatcher(w, epoch);
+  }
+}
+
+void Sim::DisconnectWatcher(int w, uint64_t epoch) {
+  Watcher& watcher = watchers_[w];
+  if (watcher.epoch != epoch) return;
+  if (watch_checker_.start(watcher.session) > 0) {
+    watcher.resume_from = watch_checker_.last_revision(watcher.session) + 1;
+  }
+  ++watcher.epoch;  // what is still on its way from the old stream is dropped
+  if (watcher.open) {
+    const int node = watcher.node;
+    const uint64_t incarnation = watcher.incarnation;
+    const watch::WatchHub::StreamId stream = watcher.stream;
+    watcher.open = false;
+    RunOnNode(node, incarnation, [this, node, stream] {
+      if (nodes_[node].server != nullptr) nodes_[node].server->CloseWatchStream(stream);
+    });
+  }
+  const Nanos pause(rng_.Range(0, ElectionTimeout().count()));
+  Schedule(now_ + pause, [this, w] { ConnectWatcher(w); });
+}
+
+void Sim::WatcherTick(int w, uint64_t epoch) {
+  Watcher& watcher = watchers_[w];
+  if (watcher.epoch != epoch || !clients_active_) return;
+  const SimNode& n = nodes_[watcher.node];
+  if (watcher.open && (!n.up || n.incarnation != watcher.incarnation)) {
+    return DisconnectWatcher(w, epoch);  // the member went away: the stream broke
+  }
+  if (watcher.open && rng_.Chance(0.3)) {
+    const int node = watcher.node;
+    const watch::WatchHub::StreamId stream = watcher.stream;
+    RunOnNode(node, watcher.incarnation, [this, node, stream] {
+      if (nodes_[node].server != nullptr) nodes_[node].server->WatchProgress(stream);
+    });
+  }
+  Schedule(now_ + scenario_.tick_interval * 3, [this, w, epoch] { WatcherTick(w, epoch); });
+}
+
 void Sim::Resolve(size_t id, const absl::Status& status, const std::string& response) {
   if (!history_.Resolve(id, status, response, now_)) return;
   const Request& r = history_.at(id);
@@ -1345,15 +1482,19 @@ bool Sim::Converged() const {
 LeaseChecker::Leadership Sim::LeadershipHistory() const {
   LeaseChecker::Leadership out;
   for (const auto& [at, node] : elections_) out.elections.push_back(at);
-  std::vector<std::pair<Nanos, Nanos>> led;
-  for (const LeaderInterval& l : leader_intervals_) led.emplace_back(l.from, l.to);
-  std::sort(led.begin(), led.end());
-  Nanos covered{0};
-  for (const auto& [from, to] : led) {
-    if (from > covered) out.leaderless.emplace_back(covered, from);
-    covered = std::max(covered, to);
+  // Time in which no leader could commit: no leader at all, or one without a quorum (a
+  // deposed leader, an isolated one with CheckQuorum off). While leases exist a working
+  // leader commits a checkpoint every half election timeout, so a longer gap between
+  // commits made by leaders is such time.
+  const LeaseChecker::Config c = LeaseCheckerConfigFor(scenario_);
+  const Nanos gap_max = c.checkpoint_interval + c.commit_allowance;
+  Nanos last{0};
+  for (const CommitEvent& e : commit_events_) {
+    if (!e.leader) continue;
+    if (e.at - last > gap_max) out.stalled.emplace_back(last, e.at);
+    last = std::max(last, e.at);
   }
-  if (covered < now_) out.leaderless.emplace_back(covered, now_);
+  if (now_ - last > gap_max) out.stalled.emplace_back(last, now_);
   return out;
 }
 
@@ -1483,6 +1624,9 @@ RunResult Sim::Run() {
   for (int c = 0; c < scenario_.workload.clients; ++c) {
     ScheduleClient(c, Nanos(rng_.Range(0, scenario_.workload.think.count())));
   }
+  for (int w = 0; w < scenario_.workload.watchers; ++w) {
+    Schedule(Nanos(rng_.Range(0, ElectionTimeout().count())), [this, w] { ConnectWatcher(w); });
+  }
   for (int r = 0; r < scenario_.workload.registrars; ++r) {
     registrars_[r].target = static_cast<int>(rng_.Uniform(scenario_.cluster));
     Schedule(Nanos(rng_.Range(0, ElectionTimeout().count() * 2)), [this, r] { StartRegistration(r); });
@@ -1513,6 +1657,7 @@ RunResult Sim::Run() {
     }
     lease_checker_.SetClocks(drift_max_seen_, skew_forward_total_);
     for (std::string& f : lease_checker_.Check(now_, LeadershipHistory())) Fail(std::move(f));
+    for (std::string& f : watch_checker_.Check(reference_)) Fail(std::move(f));
   }
   CheckExpectations();
   return Result();

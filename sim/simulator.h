@@ -40,6 +40,7 @@ struct RunOptions {
   bool progress = false;  // a live progress line on stderr
   raft::PlantedBugs bugs;
   server::KvServerPlantedBugs server_bugs;
+  watch::WatchPlantedBugs watch_bugs;
   bool planted_skip_fsync = false;  // test-only: every node's fsync makes nothing durable
 };
 

@@ -309,6 +309,7 @@ Scenario SwarmScenario(uint64_t seed) {
   // draws above stay as they were).
   s.workload.registrars = r.Chance(0.6) ? static_cast<int>(r.Range(1, 4)) : 0;
   s.workload.abandon_probability = r.Unit() * 0.2;
+  s.workload.watchers = r.Chance(0.6) ? static_cast<int>(r.Range(1, 4)) : 0;
   return s;
 }
 

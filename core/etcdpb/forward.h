@@ -21,4 +21,6 @@ class LeaseRevokeResponse;
 class LeaseTimeToLiveRequest;
 class LeaseTimeToLiveResponse;
 class ResponseHeader;
+class WatchCreateRequest;
+class WatchResponse;
 }  // namespace etcdserverpb

@@ -20,9 +20,12 @@
 // The bound. A lease whose holder stopped renewing, last acknowledged at real time r,
 // is revoked (the revoking checkpoint applied on the leader) by
 //   r + TTL + checkpoint_interval + commit latency
-//     + for each leader change after r: its leaderless time + promotion_pause
-//       + checkpoint_interval
-// scaled by the leaders' clock rates (the simulator checks it; sim/lease_checker.h).
+//     + the time in which no leader could commit (none elected, or none with a quorum)
+//     + for each leader change after r: promotion_pause + checkpoint_interval
+//       + commit latency (the clock pauses, and goes back by what was not checkpointed)
+// with TTL scaled by the slowest leader clock's rate (the simulator checks it:
+// sim/lease_checker.h). The lease clock moves only while a leader with a quorum runs;
+// no bound can hold through time without one.
 // It is never revoked before r' + TTL, r' the time its last acknowledged keepalive was
 // sent, for no clock runs faster than real time beyond the drift the simulator allows.
 //

@@ -24,7 +24,9 @@ KvServer::KvServer(KvServerConfig config, Env& env, Node& node, KvStateMachine& 
       node_(node),
       machine_(machine),
       log_(env.Log()),
-      lessor_(&machine.leases(), config_.lessor) {
+      lessor_(&machine.leases(), config_.lessor),
+      watches_(&machine.store(), config_.watch,
+               [this](etcdserverpb::ResponseHeader* header) { FillHeader(header); }) {
   machine_.SetListener(this);
 }
 
@@ -54,11 +56,18 @@ void KvServer::Tick() {
     ProposeCheckpoint();
   }
   ExpireLeaseWaiters();
+  watches_.Tick(env_.Now());
 }
 
 void KvServer::FollowLeadership() {
   const raft::Raft& raft = node_.raft();
-  const bool leads = raft.role() == raft::Role::kLeader;
+  // A new leader takes over the leases only once it has applied the first entry of its
+  // term: every entry of an earlier term that will ever commit is then applied, lease
+  // checkpoints included. Before that, a checkpoint an earlier leader proposed may still
+  // commit and move the lease clock past renewals this leader would have made.
+  const LogIndex applied = raft.log().applied();
+  const bool leads = raft.role() == raft::Role::kLeader &&
+                     raft.log().TermAt(applied).value_or(Term(0)) == raft.term();
   if (leads && (!lessor_.primary() || lessor_.term() != raft.term())) {
     FailLeaseWaiters(ErrLeaderChanged());
     lessor_.Promote(raft.term(), env_.Now());
@@ -337,8 +346,25 @@ std::vector<int64_t> KvServer::Leases() const {
   return out;
 }
 
-void KvServer::OnEvents(const std::vector<mvccpb::Event>& events) {
-  // The watch hub (core/watch) takes them from here.
+void KvServer::OnEvents(const std::vector<mvccpb::Event>& events) { watches_.OnEvents(events); }
+
+absl::StatusOr<watch::WatchHub::StreamId> KvServer::OpenWatchStream(watch::WatchHub::Sink sink) {
+  return watches_.OpenStream(std::move(sink));
+}
+
+void KvServer::CloseWatchStream(watch::WatchHub::StreamId stream) { watches_.CloseStream(stream); }
+
+void KvServer::WatchCreate(watch::WatchHub::StreamId stream,
+                           const etcdserverpb::WatchCreateRequest& r) {
+  watches_.Create(stream, r);
+}
+
+void KvServer::WatchCancel(watch::WatchHub::StreamId stream, int64_t watch_id) {
+  watches_.Cancel(stream, watch_id);
+}
+
+void KvServer::WatchProgress(watch::WatchHub::StreamId stream) {
+  watches_.RequestProgress(stream);
 }
 
 void KvServer::OnLeaseCheckpoint(const leasepb::Checkpoint& checkpoint,
@@ -364,6 +390,7 @@ void KvServer::OnLeaseGranted(int64_t id) {
 void KvServer::OnLeaseRevoked(int64_t id) { AnswerLeaseWaiters(id, kv::ErrLeaseNotFound(), 0); }
 
 void KvServer::OnRestored() {
+  watches_.OnRestored();  // the history they stood on was replaced: catch up anew
   // The lease table was replaced under the lessor: renewals it had on the way are moot.
   FailLeaseWaiters(ErrLeaderChanged());
   if (lessor_.primary()) lessor_.Demote();

@@ -13,8 +13,8 @@
 // with etcd's codes and messages; DeadlineExceeded means the outcome is unknown.
 //
 // Leases. KeepAlive and TimeToLive are served by the leader (FailedPrecondition
-// "etcdserver: not leader" elsewhere; the caller retries at the leader) from the
-// lessor's memory (core/lease/lessor.h). A keepalive is acknowledged once the checkpoint
+// "etcdserver: not leader" elsewhere, and at a new leader until it applied the first
+// entry of its term; the caller retries) from the lessor's memory (core/lease/lessor.h). A keepalive is acknowledged once the checkpoint
 // carrying its renewal committed. A lease the leader believes gone (unknown, or
 // expired on its clock) is reported gone only after a ReadIndex round confirmed this
 // node still leads and its state is current (a deposed leader's view is stale: etcd
@@ -32,6 +32,7 @@
 #include "core/server/env.h"
 #include "core/server/kv_state_machine.h"
 #include "core/server/node.h"
+#include "core/watch/watch_hub.h"
 
 namespace keel::server {
 
@@ -54,6 +55,7 @@ struct KvServerPlantedBugs {
 struct KvServerConfig {
   uint64_t cluster_id = 0;
   lease::LessorConfig lessor;
+  watch::WatchConfig watch;
   Nanos request_timeout = Millis(5000);  // keepalive and lease waits end by then
   size_t lease_waiters_max = 100'000;    // keepalives waiting for their checkpoint
   KvServerPlantedBugs bugs;
@@ -90,6 +92,15 @@ class KvServer : public KvStateMachine::Listener {
                        Reply<etcdserverpb::LeaseTimeToLiveResponse> reply);
   // The leases this member knows, as of its applied index (etcd serves it locally).
   std::vector<int64_t> Leases() const;
+
+  // Watch streams (core/watch/watch_hub.h), served from this member's applied state.
+  // The sink is called while the member applies: it must not call back into the server.
+  absl::StatusOr<watch::WatchHub::StreamId> OpenWatchStream(watch::WatchHub::Sink sink);
+  void CloseWatchStream(watch::WatchHub::StreamId stream);
+  void WatchCreate(watch::WatchHub::StreamId stream, const etcdserverpb::WatchCreateRequest& r);
+  void WatchCancel(watch::WatchHub::StreamId stream, int64_t watch_id);
+  void WatchProgress(watch::WatchHub::StreamId stream);
+  const watch::WatchHub& watches() const { return watches_; }
 
   // KvStateMachine::Listener (called while the node applies; nothing here calls back).
   void OnEvents(const std::vector<mvccpb::Event>& events) override;
@@ -134,6 +145,7 @@ class KvServer : public KvStateMachine::Listener {
   KvStateMachine& machine_;
   Logger log_;
   lease::Lessor lessor_;
+  watch::WatchHub watches_;
   TimerId tick_timer_ = 0;
   // Keepalives waiting for their renewal to commit, or for their expired lease's
   // revocation: by waiter id, by lease, and in deadline order (deadlines are uniform).

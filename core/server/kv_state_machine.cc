@@ -237,6 +237,9 @@ absl::Status KvStateMachine::ApplyLease(const serverpb::Command& c, const ApplyC
   if (absl::Status st = leases_->ApplyCheckpoint(cp, store_.get(), events, &revoked); !st.ok()) {
     return st;
   }
+  log_.Debug("AppliedLeaseCheckpoint").Field("term", cp.term()).Field("sequence", cp.sequence())
+      .Field("clock_ms", cp.clock_ms()).Field("renewals", cp.renewals_size())
+      .Field("revoked", revoked.size());
   if (listener_ != nullptr) listener_->OnLeaseCheckpoint(cp, revoked);
   return absl::OkStatus();
 }

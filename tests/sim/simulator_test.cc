@@ -11,12 +11,14 @@ namespace keel::sim {
 namespace {
 
 RunResult RunSeed(uint64_t seed, raft::PlantedBugs bugs = {}, bool skip_fsync = false,
-                  server::KvServerPlantedBugs server_bugs = {}) {
+                  server::KvServerPlantedBugs server_bugs = {},
+                  watch::WatchPlantedBugs watch_bugs = {}) {
   RunOptions options;
   options.seed = seed;
   options.bugs = bugs;
   options.planted_skip_fsync = skip_fsync;
   options.server_bugs = server_bugs;
+  options.watch_bugs = watch_bugs;
   return RunScenario(SwarmScenario(seed), options);
 }
 
@@ -42,14 +44,15 @@ TEST(Simulator, CleanSeedsPass) {
 
 // Runs seeds 1..1000 with the bug planted until one fails; returns that seed (0: none).
 uint64_t FindPlantedBug(raft::PlantedBugs bugs, const char* name, bool skip_fsync = false,
-                        server::KvServerPlantedBugs server_bugs = {}) {
+                        server::KvServerPlantedBugs server_bugs = {},
+                        watch::WatchPlantedBugs watch_bugs = {}) {
   for (uint64_t seed = 1; seed <= 1000; ++seed) {
-    const RunResult r = RunSeed(seed, bugs, skip_fsync, server_bugs);
+    const RunResult r = RunSeed(seed, bugs, skip_fsync, server_bugs, watch_bugs);
     if (!r.ok) {
       std::printf("[planted %s] found by seed %llu: %s\n", name,
                   static_cast<unsigned long long>(seed), r.failures[0].c_str());
       // The failure reproduces exactly from its seed.
-      const RunResult again = RunSeed(seed, bugs, skip_fsync, server_bugs);
+      const RunResult again = RunSeed(seed, bugs, skip_fsync, server_bugs, watch_bugs);
       EXPECT_FALSE(again.ok);
       EXPECT_EQ(again.trace_hash, r.trace_hash);
       return seed;
@@ -100,6 +103,13 @@ TEST(PlantedBugs, ADeposedLeaderRevokingLeasesIsFound) {
 // checkpoints, #9888) keeps an abandoned lease alive across leader changes.
 TEST(PlantedBugs, ANewLeaderRenewingEveryLeaseIsFound) {
   EXPECT_NE(FindPlantedBug({}, "fresh-ttl-on-promotion", false, {.fresh_ttl_on_promotion = true}),
+            0u);
+}
+
+// The watch checker bites: a hub whose catch-up resumes one revision late after a batch
+// boundary drops the first event after it (Reliable).
+TEST(PlantedBugs, AWatchDroppingTheFirstEventAfterABatchBoundaryIsFound) {
+  EXPECT_NE(FindPlantedBug({}, "watch-skip", false, {}, {.skip_first_event_after_batch = true}),
             0u);
 }
 
