@@ -1,7 +1,9 @@
 #include "sim/kv_history.h"
 
+#include "absl/container/btree_map.h"
 #include "absl/strings/str_cat.h"
 #include "core/assert.h"
+#include "sim/register_linearizability.h"
 
 namespace keel::sim {
 namespace {
@@ -136,6 +138,63 @@ std::vector<std::string> KvHistory::Check(const KvReference& reference) const {
   for (size_t id = 0; id < requests_.size() && failures.size() < 10; ++id) {
     std::string f = CheckOne(requests_[id], reference);
     if (!f.empty()) failures.push_back(absl::StrCat(Describe(requests_[id], id), ": ", f));
+  }
+  return failures;
+}
+
+std::vector<std::string> KvHistory::CheckPerKey(uint64_t budget,
+                                               std::vector<std::string>* gave_up) const {
+  absl::btree_map<std::string, std::vector<RegisterOp>> by_key;
+  for (size_t id = 0; id < requests_.size(); ++id) {
+    const Request& r = requests_[id];
+    RegisterOp op;
+    switch (r.op) {
+      case KvOp::kPut: op.kind = RegisterOp::Kind::kPut; break;
+      case KvOp::kGet: op.kind = RegisterOp::Kind::kGet; break;
+      case KvOp::kDelete: op.kind = RegisterOp::Kind::kDelete; break;
+      case KvOp::kCas: op.kind = RegisterOp::Kind::kCas; break;
+      default: continue;  // serializable reads, ranges, compactions: not single-key ops
+    }
+    op.id = id;
+    op.call = r.start;
+    op.ret = r.end;
+    op.value = r.value;
+    if (op.kind == RegisterOp::Kind::kCas && !r.expect_missing) op.expected = r.expected;
+    switch (r.outcome) {
+      case Outcome::kOk: op.outcome = RegisterOp::Outcome::kOk; break;
+      case Outcome::kFailed: op.outcome = RegisterOp::Outcome::kFailed; break;
+      default: op.outcome = RegisterOp::Outcome::kIndeterminate; break;
+    }
+    if (r.outcome == Outcome::kOk) {
+      if (r.op == KvOp::kGet) {
+        etcdserverpb::RangeResponse g;
+        if (!g.ParseFromString(r.response)) continue;
+        if (g.kvs_size() > 0) op.observed = g.kvs(0).value();
+      } else if (r.op == KvOp::kDelete) {
+        etcdserverpb::DeleteRangeResponse d;
+        if (!d.ParseFromString(r.response)) continue;
+        op.deleted = static_cast<int>(d.deleted());
+      } else if (r.op == KvOp::kCas) {
+        etcdserverpb::TxnResponse t;
+        if (!t.ParseFromString(r.response)) continue;
+        op.succeeded = t.succeeded();
+        if (!t.succeeded() && t.responses_size() == 1 &&
+            t.responses(0).response_range().kvs_size() > 0) {
+          op.observed = t.responses(0).response_range().kvs(0).value();
+        }
+      }
+    }
+    by_key[r.key].push_back(std::move(op));
+  }
+  std::vector<std::string> failures;
+  for (auto& [key, ops] : by_key) {
+    LinearizabilityResult result = CheckRegister(std::move(ops), std::nullopt, budget);
+    if (result.gave_up) {
+      gave_up->push_back(absl::StrCat("key ", key, ": ", result.explanation));
+    } else if (!result.ok) {
+      failures.push_back(absl::StrCat("Linearizability (per-key search): key ", key, ": ",
+                                      result.explanation));
+    }
   }
   return failures;
 }

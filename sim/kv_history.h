@@ -76,6 +76,11 @@ class KvHistory {
 
   // The end-of-run checks; one sentence per violation.
   std::vector<std::string> Check(const KvReference& reference) const;
+  // Black-box linearizability of the single-key operations (puts, linearizable gets,
+  // deletes, compare-and-swaps), key by key (P-compositionality), by a Wing & Gong /
+  // Porcupine search that ignores revisions: it does not trust the store's own witness
+  // order. A search that runs out of `budget` steps on a key is reported in `gave_up`.
+  std::vector<std::string> CheckPerKey(uint64_t budget, std::vector<std::string>* gave_up) const;
 
  private:
   std::string CheckOne(const Request& r, const KvReference& reference) const;

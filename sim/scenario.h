@@ -146,6 +146,9 @@ struct WorkloadSettings {
   // member, now and then asks for progress, is sometimes a slow client (refuses a
   // response), and disconnects and resumes from the revision after the last it saw.
   int watchers = 0;
+  // etcd's periodic auto-compaction on every member, keeping this much history (0: off;
+  // the swarm draws it: compaction runs under watchers and readers).
+  Nanos auto_compaction_retention{0};
 };
 
 struct Scenario {

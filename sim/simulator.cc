@@ -31,6 +31,8 @@ using raft::Role;
 
 constexpr uint64_t kAnyIncarnation = UINT64_MAX;
 constexpr uint64_t kKeys = 6;  // the workload's key space: small, so clients contend
+// Search steps the per-key linearizability check may take per key (kv_history.h).
+constexpr uint64_t kLinearizabilityBudget = 100'000;
 
 // The keyspace's settings for a scenario's timing: etcd's minimum lease TTL is
 // ceil(1.5 x the election timeout).
@@ -490,6 +492,10 @@ void Sim::AfterNodeEvent(int node) {
 
 void Sim::ObserveApplied(int node, const std::vector<SimNode::Applied>& applied) {
   for (const SimNode::Applied& a : applied) {
+    if (options_.trace) {
+      Trace(absl::StrCat("n", node + 1, " applied index ", a.index.value, " request ",
+                         a.request_id, " term ", a.term.value));
+    }
     checker_.OnApply(node, a.index, a.request_id);
     const server::StateMachine::ApplyContext context{.nospace = a.nospace, .term = a.term};
     std::string violation = reference_.OnApply(a.index, a.request_id, a.command, context, now_);
@@ -672,6 +678,10 @@ void Sim::StartNode(int node) {
   server_config.lessor.checkpoint_interval = ElectionTimeout() / 2;
   server_config.request_timeout = scenario_.workload.timeout;
   server_config.bugs = options_.server_bugs;
+  if (scenario_.workload.auto_compaction_retention > Nanos(0)) {
+    server_config.auto_compaction = {.mode = server::AutoCompactionConfig::Mode::kPeriodic,
+                                      .retention_period = scenario_.workload.auto_compaction_retention};
+  }
   // Small catch-up batches: slow and resuming watchers cross batch boundaries often.
   server_config.watch.catchup_revisions_max = 8;
   server_config.watch.bugs = options_.watch_bugs;
@@ -687,11 +697,11 @@ void Sim::CrashNode(int node, bool power_loss) {
   n.role = Role::kFollower;
   n.up = false;
   ++n.incarnation;  // drops its timers and unsent messages
-  n.applied.clear();  // applied in an event whose fsync never completed: never happened
   n.server.reset();
   n.node.reset();
   n.observed.reset();
   n.state.reset();
+  n.applied.clear();  // applied in an event whose fsync never completed: never happened
   n.env.reset();
   n.timers.clear();
   if (power_loss) {
@@ -1473,6 +1483,8 @@ bool Sim::Converged() const {
   const LogIndex last = nodes_[leader].node->raft().log().LastIndex();
   for (const SimNode& n : nodes_) {
     if (!n.up || n.node->stopped()) return false;
+    // What it applied is observed once its fsync completes: wait for that too.
+    if (n.busy_until > now_) return false;
     const raft::RaftLog& log = n.node->raft().log();
     if (log.committed() != last || log.applied() != last) return false;
   }
@@ -1482,19 +1494,41 @@ bool Sim::Converged() const {
 LeaseChecker::Leadership Sim::LeadershipHistory() const {
   LeaseChecker::Leadership out;
   for (const auto& [at, node] : elections_) out.elections.push_back(at);
-  // Time in which no leader could commit: no leader at all, or one without a quorum (a
-  // deposed leader, an isolated one with CheckQuorum off). While leases exist a working
-  // leader commits a checkpoint every half election timeout, so a longer gap between
-  // commits made by leaders is such time.
+  // Time in which no leader could commit: no node leads (from the roles observed), or
+  // the one that does has no quorum (deposed, or isolated with CheckQuorum off). While
+  // leases exist a working leader commits a checkpoint every half election timeout, so
+  // a longer gap between commits made by leaders is such time too.
+  std::vector<std::pair<Nanos, Nanos>> spans;
+  std::vector<std::pair<Nanos, Nanos>> led;
+  for (const LeaderInterval& l : leader_intervals_) led.emplace_back(l.from, l.to);
+  for (const SimNode& n : nodes_) {
+    if (n.up && n.role == Role::kLeader) led.emplace_back(n.leader_since, now_);
+  }
+  std::sort(led.begin(), led.end());
+  Nanos covered{0};
+  for (const auto& [from, to] : led) {
+    if (from > covered) spans.emplace_back(covered, from);
+    covered = std::max(covered, to);
+  }
+  if (covered < now_) spans.emplace_back(covered, now_);
   const LeaseChecker::Config c = LeaseCheckerConfigFor(scenario_);
   const Nanos gap_max = c.checkpoint_interval + c.commit_allowance;
   Nanos last{0};
   for (const CommitEvent& e : commit_events_) {
     if (!e.leader) continue;
-    if (e.at - last > gap_max) out.stalled.emplace_back(last, e.at);
+    if (e.at - last > gap_max) spans.emplace_back(last, e.at);
     last = std::max(last, e.at);
   }
-  if (now_ - last > gap_max) out.stalled.emplace_back(last, now_);
+  if (now_ - last > gap_max) spans.emplace_back(last, now_);
+  // Merged, so that no time counts twice.
+  std::sort(spans.begin(), spans.end());
+  for (const auto& [a, b] : spans) {
+    if (!out.stalled.empty() && a <= out.stalled.back().second) {
+      out.stalled.back().second = std::max(out.stalled.back().second, b);
+    } else {
+      out.stalled.emplace_back(a, b);
+    }
+  }
   return out;
 }
 
@@ -1529,6 +1563,11 @@ void Sim::CheckEndState() {
     }
   }
   for (std::string& f : history_.Check(reference_)) Fail(std::move(f));
+  std::vector<std::string> gave_up;
+  for (std::string& f : history_.CheckPerKey(kLinearizabilityBudget, &gave_up)) {
+    Fail(std::move(f));
+  }
+  for (const std::string& g : gave_up) Trace(absl::StrCat("per-key search gave up: ", g));
 }
 
 double Sim::Measure(const Expectation& e) {

@@ -310,6 +310,7 @@ Scenario SwarmScenario(uint64_t seed) {
   s.workload.registrars = r.Chance(0.6) ? static_cast<int>(r.Range(1, 4)) : 0;
   s.workload.abandon_probability = r.Unit() * 0.2;
   s.workload.watchers = r.Chance(0.6) ? static_cast<int>(r.Range(1, 4)) : 0;
+  if (r.Chance(0.5)) s.workload.auto_compaction_retention = Between(r, et, 8 * et);
   return s;
 }
 

@@ -26,12 +26,15 @@ KvServer::KvServer(KvServerConfig config, Env& env, Node& node, KvStateMachine& 
       log_(env.Log()),
       lessor_(&machine.leases(), config_.lessor),
       watches_(&machine.store(), config_.watch,
-               [this](etcdserverpb::ResponseHeader* header) { FillHeader(header); }) {
+               [this](etcdserverpb::ResponseHeader* header) { FillHeader(header); }),
+      auto_compactor_(config_.auto_compaction) {
   machine_.SetListener(this);
 }
 
 KvServer::~KvServer() {
-  RunDeferred();  // answers already decided still go out
+  // Deferred work is dropped, not run: it may propose (a lease checkpoint), and a server
+  // torn down mid-flight (a process death in the simulator) must do nothing more. A
+  // graceful stop answers its callers before it destroys the server.
   *alive_ = false;
   machine_.SetListener(nullptr);
   if (tick_timer_ != 0) env_.CancelTimer(tick_timer_);
@@ -57,6 +60,7 @@ void KvServer::Tick() {
   }
   ExpireLeaseWaiters();
   watches_.Tick(env_.Now());
+  MaybeAutoCompact();
 }
 
 void KvServer::FollowLeadership() {
@@ -94,6 +98,21 @@ void KvServer::ProposeCheckpoint() {
     // Refused, or its fate unknown: its renewals go again with the next checkpoint (a
     // renewal applied twice is harmless: expiries only grow).
     if (*alive && !st.ok()) lessor_.OnDropped(cp);
+  });
+}
+
+void KvServer::MaybeAutoCompact() {
+  const bool leads = node_.raft().role() == raft::Role::kLeader;
+  std::optional<int64_t> target =
+      auto_compactor_.Tick(env_.Now(), machine_.store().revision(), leads);
+  if (!target) return;
+  log_.Info("AutoCompacting").Field("id", node_.raft().id()).Field("revision", *target);
+  etcdserverpb::CompactionRequest c;
+  c.set_revision(*target);
+  Compact(c, [this, alive = alive_](absl::StatusOr<etcdserverpb::CompactionResponse> got) {
+    if (!*alive) return;
+    const bool done = got.ok() || got.status() == kv::ErrCompacted();
+    auto_compactor_.OnResult(env_.Now(), done);
   });
 }
 

@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "core/etcdpb/forward.h"
 #include "core/lease/lessor.h"
+#include "core/server/auto_compactor.h"
 #include "core/server/env.h"
 #include "core/server/kv_state_machine.h"
 #include "core/server/node.h"
@@ -56,6 +57,7 @@ struct KvServerConfig {
   uint64_t cluster_id = 0;
   lease::LessorConfig lessor;
   watch::WatchConfig watch;
+  AutoCompactionConfig auto_compaction;  // etcd's --auto-compaction-mode/-retention
   Nanos request_timeout = Millis(5000);  // keepalive and lease waits end by then
   size_t lease_waiters_max = 100'000;    // keepalives waiting for their checkpoint
   KvServerPlantedBugs bugs;
@@ -122,6 +124,7 @@ class KvServer : public KvStateMachine::Listener {
   void Tick();
   void FollowLeadership();
   void ProposeCheckpoint();
+  void MaybeAutoCompact();
   template <typename Response>
   void ProposeCommand(std::string command, Reply<Response> reply);
   void FillHeader(etcdserverpb::ResponseHeader* header) const;
@@ -146,6 +149,7 @@ class KvServer : public KvStateMachine::Listener {
   Logger log_;
   lease::Lessor lessor_;
   watch::WatchHub watches_;
+  AutoCompactor auto_compactor_;
   TimerId tick_timer_ = 0;
   // Keepalives waiting for their renewal to commit, or for their expired lease's
   // revocation: by waiter id, by lease, and in deadline order (deadlines are uniform).

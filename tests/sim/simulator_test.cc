@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "sim/swarm.h"
@@ -89,6 +90,16 @@ TEST(PlantedBugs, AcknowledgingBeforeTheFsyncIsFound) {
 // without a ReadIndex round, serves reads that miss revisions committed before them.
 TEST(PlantedBugs, AFollowerAnsweringALinearizableReadLocallyIsFound) {
   EXPECT_NE(FindPlantedBug({}, "follower-read", false, {.follower_reads_locally = true}), 0u);
+}
+
+// The per-key Wing & Gong search finds it too, by itself: it reads no revisions, so it
+// does not rest on the store's own witness order.
+TEST(PlantedBugs, ThePerKeySearchFindsAStaleFollowerReadByItself) {
+  const RunResult r = RunSeed(1, {}, false, {.follower_reads_locally = true});
+  ASSERT_FALSE(r.ok);
+  EXPECT_TRUE(std::any_of(r.failures.begin(), r.failures.end(), [](const std::string& f) {
+    return f.find("Linearizability (per-key search)") != std::string::npos;
+  }));
 }
 
 // Lease truth bites: a leader that reports a lease gone from its own view, without
