@@ -85,8 +85,9 @@ std::vector<std::string> LeaseChecker::Check(Nanos end, const Leadership& leader
     if (l.ttl_seconds == 0) continue;  // never granted to a client we know
     const Nanos ttl = std::chrono::seconds(l.ttl_seconds);
     if (l.expired && l.last_ok_sent >= Nanos(0)) {
+      // Less a millisecond: the lease clock counts whole milliseconds (lessor.h).
       const Nanos earliest = l.last_ok_sent + Scale(ttl, 1.0 / (1.0 + config_.drift_max)) -
-                             config_.skew_forward;
+                             config_.skew_forward - Millis(1);
       if (l.revoked < earliest) {
         fail(absl::StrCat("Lease safety: lease ", id, " (TTL ", l.ttl_seconds,
                           "s) expired at ", Time(l.revoked), ", before ", Time(earliest),

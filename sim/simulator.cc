@@ -334,7 +334,9 @@ class Sim {
     size_t session = 0;
     bool open = false;
     uint64_t epoch = 0;        // bumps at each (re)connect: an old stream's responses drop
-    Nanos delivered_until{0};  // a stream delivers in order
+    Nanos departs_at{0};       // a stream sends in order (a response held for an fsync
+                               // holds back those after it)
+    Nanos delivered_until{0};  // ... and delivers in order
     int64_t resume_from = 0;   // 0: from now
   };
   std::vector<Watcher> watchers_;
@@ -1247,6 +1249,10 @@ void Sim::KeepAlive(int r, int64_t lease, bool may_abandon) {
        },
        [this, r, lease, sent](absl::Status st, std::string) {
          Registrar& self = registrars_[r];
+         if (options_.trace) {
+           Trace(absl::StrCat("registrar ", r, " keepalive of lease ", lease, " sent at ",
+                              FormatTime(sent), " to n", self.target + 1, ": ", st.ToString()));
+         }
          if (self.lease != lease) return;
          if (st.ok()) {
            lease_checker_.OnKeepAliveOk(lease, sent, now_);
@@ -1297,8 +1303,8 @@ void Sim::ConnectWatcher(int w) {
         // this event), if the member does not crash first; then it travels in order.
         const int node = client.node;
         const SimNode& n = nodes_[node];
-        Schedule(std::max(now_, n.busy_until), [this, w, epoch, r, node,
-                                                incarnation = n.incarnation] {
+        client.departs_at = std::max({now_, n.busy_until, client.departs_at});
+        Schedule(client.departs_at, [this, w, epoch, r, node, incarnation = n.incarnation] {
           Depart(node, incarnation, [this, w, epoch, r] {
             Watcher& c = watchers_[w];
             if (c.epoch != epoch) return;

@@ -39,6 +39,7 @@ absl::Status LeaseTable::LoadLeases() {
     Lease& l = leases_[id];
     l.ttl_seconds = r.ttl_seconds();
     l.expiry_ms = r.expiry_ms();
+    l.granted_index = r.granted_index();
     by_expiry_.emplace(l.expiry_ms, id);
   });
   if (!st.ok()) return Fatal(st);
@@ -58,6 +59,7 @@ absl::Status LeaseTable::Persist(int64_t id, const Lease& lease) {
   r.set_id(id);
   r.set_ttl_seconds(lease.ttl_seconds);
   r.set_expiry_ms(lease.expiry_ms);
+  r.set_granted_index(lease.granted_index);
   return Fatal(backend_->PutLease(id, r.SerializeAsString()));
 }
 
@@ -68,7 +70,8 @@ absl::Status LeaseTable::SetExpiry(int64_t id, Lease& lease, int64_t expiry_ms) 
   return Persist(id, lease);
 }
 
-absl::StatusOr<int64_t> LeaseTable::Grant(int64_t id, int64_t ttl_seconds) {
+absl::StatusOr<int64_t> LeaseTable::Grant(int64_t id, int64_t ttl_seconds,
+                                          uint64_t granted_index) {
   KEEL_ASSERT(id > 0);
   if (ttl_seconds > config_.max_ttl_seconds) return kv::ErrLeaseTTLTooLarge();
   if (leases_.contains(id)) return kv::ErrLeaseExist();
@@ -79,6 +82,7 @@ absl::StatusOr<int64_t> LeaseTable::Grant(int64_t id, int64_t ttl_seconds) {
   Lease& l = leases_[id];
   l.ttl_seconds = std::max(ttl_seconds, config_.min_ttl_seconds);
   l.expiry_ms = clock_ms_ + l.ttl_seconds * 1000;
+  l.granted_index = granted_index;
   by_expiry_.emplace(l.expiry_ms, id);
   if (absl::Status st = Persist(id, l); !st.ok()) return st;
   return l.ttl_seconds;
@@ -119,9 +123,14 @@ absl::Status LeaseTable::ApplyCheckpoint(const leasepb::Checkpoint& checkpoint, 
     clock_ms_ = checkpoint.clock_ms();
     if (absl::Status st = Fatal(backend_->PutMeta(kv::kMetaLeaseClock, clock_ms_)); !st.ok()) return st;
   }
-  // Work in proportion to what expires, not to all leases.
-  while (!by_expiry_.empty() && by_expiry_.begin()->first <= clock_ms_) {
-    const int64_t id = by_expiry_.begin()->second;
+  // Work in proportion to what expires, not to all leases. A lease granted after the
+  // leader proposed this is not its to expire: that leader's clock reading did not know
+  // it (its renewal, on the leader's clock, comes with a later checkpoint).
+  std::vector<int64_t> due;
+  for (auto it = by_expiry_.begin(); it != by_expiry_.end() && it->first <= clock_ms_; ++it) {
+    if (leases_.at(it->second).granted_index <= checkpoint.applied_index()) due.push_back(it->second);
+  }
+  for (int64_t id : due) {
     if (absl::Status st = Revoke(id, store, events); !st.ok()) return st;
     revoked->push_back(id);
   }

@@ -41,6 +41,7 @@ class LeaseTable : public kv::LeaseAttachments, public kv::LeaseLookup {
   struct Lease {
     int64_t ttl_seconds = 0;
     int64_t expiry_ms = 0;  // on the lease clock
+    uint64_t granted_index = 0;  // the log index that granted it
     absl::btree_set<std::string, std::less<>> keys;
   };
 
@@ -55,12 +56,15 @@ class LeaseTable : public kv::LeaseAttachments, public kv::LeaseLookup {
   //
   // Grants a lease expiring at clock + ttl (raised to the minimum). Returns the TTL
   // granted. ErrLeaseExist, ErrLeaseTTLTooLarge, or ResourceExhausted past leases_max.
-  absl::StatusOr<int64_t> Grant(int64_t id, int64_t ttl_seconds);
+  // `granted_index`: the entry's log index (a checkpoint proposed before the leader knew
+  // of the grant cannot expire it: Checkpoint.applied_index).
+  absl::StatusOr<int64_t> Grant(int64_t id, int64_t ttl_seconds, uint64_t granted_index = 0);
   // Deletes the lease's keys in one revision, then the lease. ErrLeaseNotFound.
   absl::Status Revoke(int64_t id, kv::Store* store, std::vector<mvccpb::Event>* events);
   // Renews what `checkpoint` names (a lease already gone is skipped), advances the clock
   // to its clock_ms (never backwards), then revokes every lease whose expiry the clock
-  // reached, oldest expiry first, each in its own revision. Appends their ids.
+  // reached and that was granted at or below the checkpoint's applied_index, oldest
+  // expiry first, each in its own revision. Appends their ids.
   absl::Status ApplyCheckpoint(const leasepb::Checkpoint& checkpoint, kv::Store* store,
                                std::vector<mvccpb::Event>* events, std::vector<int64_t>* revoked);
 

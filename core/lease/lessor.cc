@@ -69,7 +69,15 @@ int64_t Lessor::Renew(int64_t id, Nanos now) {
   return r.expiry_ms;
 }
 
-std::optional<leasepb::Checkpoint> Lessor::TakeCheckpoint(Nanos now) {
+void Lessor::RenewGranted(int64_t id, Nanos now) {
+  KEEL_ASSERT(primary_ && table_->Find(id) != nullptr);
+  Renewal& r = renewals_[id];
+  r.expiry_ms = std::max(r.expiry_ms, ClockMs(now) + table_->Find(id)->ttl_seconds * 1000);
+  r.sequence = 0;
+  waiting_[id] = r.expiry_ms;
+}
+
+std::optional<leasepb::Checkpoint> Lessor::TakeCheckpoint(Nanos now, uint64_t applied) {
   KEEL_ASSERT(primary_);
   if (in_flight_.size() >= config_.checkpoints_in_flight_max) {
     return std::nullopt;  // commit is slow or stalled: batch, and bound the log's growth
@@ -83,6 +91,7 @@ std::optional<leasepb::Checkpoint> Lessor::TakeCheckpoint(Nanos now) {
   leasepb::Checkpoint cp;
   cp.set_term(term_.value);
   cp.set_sequence(++proposed_sequence_);
+  cp.set_applied_index(applied);
   // The soonest to expire go first; see below for the ones that do not fit.
   std::vector<std::pair<int64_t, int64_t>> order;  // (table expiry, id)
   order.reserve(waiting_.size());

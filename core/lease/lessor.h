@@ -26,8 +26,12 @@
 // with TTL scaled by the slowest leader clock's rate (the simulator checks it:
 // sim/lease_checker.h). The lease clock moves only while a leader with a quorum runs;
 // no bound can hold through time without one.
-// It is never revoked before r' + TTL, r' the time its last acknowledged keepalive was
-// sent, for no clock runs faster than real time beyond the drift the simulator allows.
+// It is never revoked before r' + TTL - 1 ms, r' the time its last acknowledged keepalive
+// or its grant was sent (the clock counts whole milliseconds), for no clock runs faster
+// than real time beyond the drift the simulator allows. A grant starts its TTL on the
+// leader's clock when the leader applies it (RenewGranted), and a checkpoint cannot
+// expire a lease granted after the leader proposed it (Checkpoint.applied_index): the
+// table's clock may lag the leader's, and a lease must not be born expired.
 //
 // Single-threaded; all time through the Env (`now` arguments).
 
@@ -80,7 +84,11 @@ class Lessor {
   int64_t Renew(int64_t id, Nanos now);
 
   // The checkpoint to propose now, if one is due (see above). Requires: primary().
-  std::optional<leasepb::Checkpoint> TakeCheckpoint(Nanos now);
+  // `applied`: this node's applied index (Checkpoint.applied_index).
+  std::optional<leasepb::Checkpoint> TakeCheckpoint(Nanos now, uint64_t applied = UINT64_MAX);
+  // A lease this leader just granted: its TTL starts now, on the leader's clock (the
+  // table's clock may lag by what is not yet checkpointed). Requires: primary().
+  void RenewGranted(int64_t id, Nanos now);
   // A checkpoint of this leader's term was applied.
   void OnApplied(const leasepb::Checkpoint& checkpoint);
   // Raft refused to propose `checkpoint`: its renewals go with the next one.

@@ -90,7 +90,8 @@ void KvServer::FollowLeadership() {
 }
 
 void KvServer::ProposeCheckpoint() {
-  std::optional<leasepb::Checkpoint> cp = lessor_.TakeCheckpoint(env_.Now());
+  std::optional<leasepb::Checkpoint> cp =
+      lessor_.TakeCheckpoint(env_.Now(), machine_.applied().value);
   if (!cp) return;
   serverpb::Command c;
   *c.mutable_lease_checkpoint() = *cp;
@@ -399,8 +400,9 @@ void KvServer::OnLeaseCheckpoint(const leasepb::Checkpoint& checkpoint,
 void KvServer::OnLeaseGranted(int64_t id) {
   // A grant starts its TTL on the leader's clock, as a keepalive would: the table's
   // clock may lag the leader's by up to a checkpoint interval.
-  if (!lessor_.primary() || lessor_.Expired(id, env_.Now())) return;
-  lessor_.Renew(id, env_.Now());
+  // Even if the table's (lagging) clock says it expired at birth: its TTL starts now.
+  if (!lessor_.primary()) return;
+  lessor_.RenewGranted(id, env_.Now());
   Defer([this] {
     if (lessor_.primary()) ProposeCheckpoint();
   });

@@ -126,6 +126,7 @@ absl::Status KvStateMachine::Apply(LogIndex index, uint64_t request_id, std::str
   } else if (context.nospace && CommandNeedsSpace(c)) {
     result = NoSpaceError();
   } else {
+    applying_ = index;
     result = Dispatch(c, context, &events);
   }
   if (kv::IsStorageFailure(result)) health_ = result;
@@ -206,7 +207,8 @@ absl::Status KvStateMachine::ApplyLease(const serverpb::Command& c, const ApplyC
   if (c.has_lease_grant()) {
     // The server picks the id before it proposes (etcd does too): 0 never gets here.
     if (c.lease_grant().id() <= 0) return absl::InvalidArgumentError("etcdserver: bad lease id");
-    absl::StatusOr<int64_t> ttl = leases_->Grant(c.lease_grant().id(), c.lease_grant().ttl());
+    absl::StatusOr<int64_t> ttl =
+        leases_->Grant(c.lease_grant().id(), c.lease_grant().ttl(), applying_.value);
     if (!ttl.ok()) return ttl.status();
     etcdserverpb::LeaseGrantResponse r;
     r.mutable_header()->set_revision(store_->revision());

@@ -122,6 +122,7 @@ class KvStateMachine : public StateMachine {
   std::unique_ptr<kv::Applier> applier_;
   Listener* listener_ = nullptr;
   LogIndex applied_;
+  LogIndex applying_;  // the index being applied
   absl::Status health_;
   // The dedup window: ids applied at indexes in (applied - window, applied].
   absl::flat_hash_set<uint64_t> recent_ids_;

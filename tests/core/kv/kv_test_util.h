@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -33,6 +34,7 @@ inline leasepb::Checkpoint MakeCheckpoint(
   cp.set_term(term);
   cp.set_sequence(sequence);
   cp.set_clock_ms(clock_ms);
+  cp.set_applied_index(UINT64_MAX);  // from a leader that knew of every grant
   for (const auto& [id, expiry] : renewals) {
     leasepb::Renewal* r = cp.add_renewals();
     r->set_id(id);

@@ -327,11 +327,13 @@ std::string KeyValueBytes(const std::string& key, const std::string& value, int6
   return kv.SerializeAsString();
 }
 
-std::string LeaseRecordBytes(int64_t id, int64_t ttl, int64_t expiry) {
+std::string LeaseRecordBytes(int64_t id, int64_t ttl, int64_t expiry,
+                             uint64_t granted_index = 0) {
   leasepb::Record r;
   r.set_id(id);
   r.set_ttl_seconds(ttl);
   r.set_expiry_ms(expiry);
+  r.set_granted_index(granted_index);
   return r.SerializeAsString();
 }
 
@@ -967,7 +969,7 @@ TEST(KvStateMachineSnapshot, TheDumpIsExactlyTheDocumentedFormat) {
   want.revisions = {{kv::Revision{2, 0}, x.backend.revisions().at(kv::Revision{2, 0})},
                     {kv::Revision{3, 0}, x.backend.revisions().at(kv::Revision{3, 0})},
                     {kv::Revision{4, 0}, x.backend.revisions().at(kv::Revision{4, 0})}};
-  want.leases = {{7, LeaseRecordBytes(7, 10, 10000)}};
+  want.leases = {{7, LeaseRecordBytes(7, 10, 10000, /*granted_index=*/1)}};
   want.requests = {{99, 3}};
   want.compacted = -1;
   want.lease_clock_ms = 250;
