@@ -643,3 +643,32 @@ TEST_F(LeaseTableTest, AFailedWriteInApplyCheckpointSurfacesAsAStorageFailure) {
 
 }  // namespace
 }  // namespace keel::lease
+
+namespace keel::lease {
+namespace {
+
+// A checkpoint the leader proposed before it knew of a grant cannot expire that lease,
+// however far its clock (a lagging table clock gave the lease an early expiry; the
+// leader's renewal, on its own clock, comes with a later checkpoint).
+TEST_F(LeaseTableTest, ACheckpointCannotExpireALeaseGrantedAfterItWasProposed) {
+  ASSERT_TRUE(table.Grant(1, 2, /*granted_index=*/10).ok());  // expires at clock 2000
+  ASSERT_TRUE(table.Grant(2, 2, /*granted_index=*/20).ok());
+  Check();
+  leasepb::Checkpoint cp = test::MakeCheckpoint(1, 1, 5000);
+  cp.set_applied_index(15);  // the leader had applied up to 15: it knew of lease 1 only
+  EXPECT_THAT(Apply(cp), ElementsAre(1));
+  EXPECT_NE(table.Find(2), nullptr) << "granted at 20, after the checkpoint's 15";
+  cp.set_sequence(2);
+  cp.set_applied_index(20);
+  EXPECT_THAT(Apply(cp), ElementsAre(2));
+}
+
+TEST_F(LeaseTableTest, TheGrantIndexSurvivesAReload) {
+  ASSERT_TRUE(table.Grant(1, 2, /*granted_index=*/42).ok());
+  LeaseTable reloaded(&backend, TestConfig());
+  ASSERT_TRUE(reloaded.LoadLeases().ok());
+  EXPECT_EQ(reloaded.Find(1)->granted_index, 42u);
+}
+
+}  // namespace
+}  // namespace keel::lease
