@@ -12,4 +12,12 @@ std::string_view SeverityName(Severity s) {
   return "?";
 }
 
+std::string FormatFields(std::span<const LogField> fields) {
+  std::string out;
+  for (const LogField& f : fields) {
+    absl::StrAppend(&out, " ", absl::string_view(f.key.data(), f.key.size()), "=", f.value);
+  }
+  return out;
+}
+
 }  // namespace keel

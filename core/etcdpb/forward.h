@@ -23,4 +23,5 @@ class LeaseTimeToLiveResponse;
 class ResponseHeader;
 class WatchCreateRequest;
 class WatchResponse;
+class StatusResponse;
 }  // namespace etcdserverpb

@@ -113,6 +113,10 @@ class KvServer : public KvStateMachine::Listener {
   void OnRestored() override;
 
   const lease::Lessor& lessor() const { return lessor_; }
+  // The revision of this member's applied keyspace.
+  int64_t revision() const { return machine_.store().revision(); }
+  // etcd's response header: cluster, member, term (callers set the revision).
+  void FillHeader(etcdserverpb::ResponseHeader* header) const;
 
  private:
   struct LeaseWaiter {
@@ -127,7 +131,6 @@ class KvServer : public KvStateMachine::Listener {
   void MaybeAutoCompact();
   template <typename Response>
   void ProposeCommand(std::string command, Reply<Response> reply);
-  void FillHeader(etcdserverpb::ResponseHeader* header) const;
   void Defer(std::function<void()> fn);
   void RunDeferred();
   void RenewNow(int64_t id, Reply<int64_t> reply);

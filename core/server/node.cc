@@ -103,6 +103,9 @@ absl::Status Node::Start() {
                                        log_);
   stopped_ = false;
   tick_timer_ = env_.SetTimer(config_.tick_interval, [this] { Tick(); });
+  // A sole voter cannot lose an election: it campaigns at once rather than after an
+  // election timeout (etcd advances a single member's election ticks likewise).
+  if (config_.raft.voters.size() == 1 && raft_->role() != raft::Role::kLeader) raft_->Campaign();
   ProcessReady();
   if (stopped_) return absl::DataLossError("storage failed while replaying the log");
   return absl::OkStatus();

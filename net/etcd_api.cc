@@ -1,0 +1,701 @@
+#include "net/etcd_api.h"
+
+#include <array>
+#include <atomic>
+#include <deque>
+#include <mutex>
+#include <set>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "core/etcdpb/rpc.grpc.pb.h"
+#include "core/etcdpb/rpc.pb.h"
+#include "core/server/kv_server.h"
+#include "core/server/node.h"
+#include "net/metrics.h"
+
+namespace keel::net {
+namespace pb = etcdserverpb;
+
+grpc::Status ToGrpcStatus(const absl::Status& st) {
+  if (st.ok()) return grpc::Status::OK;
+  const std::string message(st.message());
+  const auto code = static_cast<grpc::StatusCode>(st.code());
+  // Already etcd's words (the keyspace's and the lease errors, "not leader", ...).
+  if (absl::StartsWith(message, "etcdserver: ")) return grpc::Status(code, message);
+  switch (st.code()) {
+    case absl::StatusCode::kDeadlineExceeded:
+      // The outcome is unknown: etcd's ErrTimeout, which clients retry or report.
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "etcdserver: request timed out");
+    case absl::StatusCode::kUnavailable:
+      if (message == "no leader") {
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "etcdserver: no leader");
+      }
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "etcdserver: server stopped");
+    case absl::StatusCode::kResourceExhausted:
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "etcdserver: too many requests");
+    default:
+      return grpc::Status(code, message);
+  }
+}
+
+namespace {
+
+// grpc_server_handled_total{grpc_type, grpc_service, grpc_method, grpc_code}: the
+// counters are created on first use of each code and cached (the hot path is one atomic
+// load and one atomic add).
+class HandledCounter {
+ public:
+  HandledCounter(Metrics& metrics, std::string type, std::string service, std::string method)
+      : metrics_(metrics), type_(std::move(type)), service_(std::move(service)),
+        method_(std::move(method)),
+        started_(metrics_.AddCounter("grpc_server_started_total",
+                                     "Total number of RPCs started on the server.",
+                                     MethodLabels())) {}
+  void Started() { started_.Inc(); }
+  void Handled(grpc::StatusCode code) {
+    const size_t i = static_cast<size_t>(code) < kCodes ? static_cast<size_t>(code) : 2;
+    Counter* c = counters_[i].load(std::memory_order_acquire);
+    if (c == nullptr) {
+      Labels labels = MethodLabels();
+      labels.emplace_back("grpc_code", CodeName(static_cast<grpc::StatusCode>(i)));
+      c = &metrics_.AddCounter("grpc_server_handled_total",
+                               "Total number of RPCs completed on the server, regardless of "
+                               "success or failure.",
+                               labels);
+      counters_[i].store(c, std::memory_order_release);
+    }
+    c->Inc();
+  }
+
+ private:
+  static constexpr size_t kCodes = 17;
+  static std::string CodeName(grpc::StatusCode code) {
+    static const std::array<const char*, kCodes> names = {
+        "OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
+        "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition",
+        "Aborted", "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss",
+        "Unauthenticated"};
+    return names[static_cast<size_t>(code)];
+  }
+  Labels MethodLabels() const {
+    return {{"grpc_type", type_}, {"grpc_service", service_}, {"grpc_method", method_}};
+  }
+
+  Metrics& metrics_;
+  std::string type_, service_, method_;
+  Counter& started_;  // the registry keeps its counters alive
+  std::array<std::atomic<Counter*>, kCodes> counters_{};
+};
+
+// What every service shares: the io thread to post to, the member's parts, and the
+// registry of open streams (for a graceful stop).
+struct Shared {
+  explicit Shared(EtcdApiContext c) : context(std::move(c)) {}
+
+  void Post(std::function<void()> fn) { boost::asio::post(context.io, std::move(fn)); }
+
+  server::KvServer& server() { return context.server; }
+  int64_t Revision() const;
+
+  EtcdApiContext context;
+  // io thread only:
+  struct StreamHooks {
+    std::function<void(grpc::Status)> finish;  // asks the stream to finish
+  };
+  std::map<uint64_t, StreamHooks> watch_streams;
+  std::map<uint64_t, StreamHooks> keepalive_streams;
+  uint64_t next_stream_key = 1;
+  bool closing = false;
+};
+
+// Completes one unary call on the io thread: the response, then Finish with etcd's
+// status, and the call's metric.
+template <typename Response>
+server::KvServer::Reply<Response> Completion(grpc::ServerUnaryReactor* reactor,
+                                             Response* out, HandledCounter* counter) {
+  return [reactor, out, counter](absl::StatusOr<Response> result) {
+    grpc::Status status = grpc::Status::OK;
+    if (result.ok()) {
+      *out = std::move(*result);
+    } else {
+      status = ToGrpcStatus(result.status());
+    }
+    counter->Handled(status.error_code());
+    reactor->Finish(status);
+  };
+}
+
+// ---- bidi streams ---------------------------------------------------------------------
+//
+// A bidi stream's outbox: the io thread pushes responses, gRPC writes them one at a time.
+// The reactor is deleted in OnDone, which gRPC calls only after Finish and after every
+// operation completed; Finish is called only when no write is in flight, so a push that
+// started a write always finds the reactor alive. After OnDone the outbox (shared with
+// the io thread) drops everything.
+template <typename Request, typename Response>
+class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
+ public:
+  BidiStream(Shared& shared, size_t responses_max, size_t bytes_max, HandledCounter& counter)
+      : shared_(shared), outbox_(std::make_shared<Outbox>()), counter_(counter) {
+    outbox_->reactor = this;
+    outbox_->responses_max = responses_max;
+    outbox_->bytes_max = bytes_max;
+    counter_.Started();
+  }
+
+  struct Outbox {
+    std::mutex mu;
+    BidiStream* reactor = nullptr;  // null once done
+    std::deque<Response> queue;     // front() is being written while `writing`
+    size_t bytes = 0;
+    size_t responses_max = 0;
+    size_t bytes_max = 0;
+    bool writing = false;
+    bool finish_requested = false;
+    bool finished = false;
+    grpc::Status finish_status;
+  };
+
+  // Any thread. Returns false (the response was not taken) when `droppable` and the
+  // outbox is full; otherwise takes it (or drops it silently if the stream is ending).
+  static bool Push(const std::shared_ptr<Outbox>& box, Response response, bool droppable) {
+    BidiStream* start = nullptr;
+    const Response* first = nullptr;
+    {
+      std::lock_guard lock(box->mu);
+      if (box->reactor == nullptr || box->finish_requested) return true;
+      const size_t size = response.ByteSizeLong();
+      if (droppable && !box->queue.empty() &&
+          (box->queue.size() >= box->responses_max || box->bytes + size > box->bytes_max)) {
+        return false;
+      }
+      box->bytes += size;
+      box->queue.push_back(std::move(response));
+      if (!box->writing) {
+        box->writing = true;
+        start = box->reactor;
+        first = &box->queue.front();  // deque push_back keeps references valid
+      }
+    }
+    if (start != nullptr) start->StartWrite(first);
+    return true;
+  }
+
+  // Any thread: finishes the stream once its write in flight (if any) completed.
+  static void RequestFinish(const std::shared_ptr<Outbox>& box, grpc::Status status) {
+    BidiStream* finish_now = nullptr;
+    {
+      std::lock_guard lock(box->mu);
+      if (box->reactor == nullptr || box->finish_requested) return;
+      box->finish_requested = true;
+      box->finish_status = std::move(status);
+      box->queue.clear();
+      box->bytes = 0;
+      if (!box->writing) {
+        box->finished = true;
+        finish_now = box->reactor;
+      }
+    }
+    if (finish_now != nullptr) finish_now->FinishWith(box->finish_status);
+  }
+
+  void OnWriteDone(bool ok) override {
+    const Response* next = nullptr;
+    bool finish = false;
+    {
+      std::lock_guard lock(outbox_->mu);
+      if (!outbox_->queue.empty()) {
+        outbox_->bytes -= std::min(outbox_->bytes, outbox_->queue.front().ByteSizeLong());
+        outbox_->queue.pop_front();
+      }
+      if (!ok && !outbox_->finish_requested) {
+        // The client is gone: nothing more can be written.
+        outbox_->finish_requested = true;
+        outbox_->finish_status = grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
+        outbox_->queue.clear();
+        outbox_->bytes = 0;
+      }
+      if (outbox_->finish_requested) {
+        outbox_->writing = false;
+        if (!outbox_->finished) {
+          outbox_->finished = true;
+          finish = true;
+        }
+      } else if (!outbox_->queue.empty()) {
+        next = &outbox_->queue.front();
+      } else {
+        outbox_->writing = false;
+      }
+    }
+    if (next != nullptr) this->StartWrite(next);
+    if (finish) FinishWith(outbox_->finish_status);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // The client closed its side (or the call ended). etcd keeps serving a half-closed
+      // watch stream; the call ends when the client cancels it.
+      return;
+    }
+    Request request = std::move(request_);
+    this->StartRead(&request_);
+    HandleRequest(std::move(request));
+  }
+
+  void OnCancel() override {
+    RequestFinish(outbox_, grpc::Status(grpc::StatusCode::CANCELLED, "canceled by the client"));
+  }
+
+  void OnDone() override {
+    {
+      std::lock_guard lock(outbox_->mu);
+      outbox_->reactor = nullptr;
+      outbox_->queue.clear();
+    }
+    Closed();
+    delete this;
+  }
+
+ protected:
+  void Begin() { this->StartRead(&request_); }
+  // gRPC thread: one request from the client.
+  virtual void HandleRequest(Request request) = 0;
+  // gRPC thread, from OnDone: the stream is over (release io-thread state by posting).
+  virtual void Closed() = 0;
+
+  Shared& shared_;
+  std::shared_ptr<Outbox> outbox_;
+
+ private:
+  void FinishWith(const grpc::Status& status) {
+    counter_.Handled(status.error_code());
+    this->Finish(status);
+  }
+
+  HandledCounter& counter_;
+  Request request_;
+};
+
+grpc::Status StoppedStatus() {
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE, "etcdserver: server stopped");
+}
+
+class WatchStream final : public BidiStream<pb::WatchRequest, pb::WatchResponse> {
+ public:
+  using Base = BidiStream<pb::WatchRequest, pb::WatchResponse>;
+
+  WatchStream(Shared& shared, HandledCounter& counter)
+      : Base(shared, shared.context.watch_outbox_responses_max,
+             shared.context.watch_outbox_bytes_max, counter) {
+    shared_.Post([&shared = shared_, box = outbox_, state = state_] {
+      if (shared.closing) return RequestFinish(box, StoppedStatus());
+      absl::StatusOr<watch::WatchHub::StreamId> id =
+          shared.server().OpenWatchStream([box](const pb::WatchResponse& response) {
+            // Only event responses may be refused (the hub catches the watcher up later).
+            const bool droppable = !response.created() && !response.canceled() &&
+                                   response.events_size() > 0;
+            return Push(box, response, droppable);
+          });
+      if (!id.ok()) return RequestFinish(box, ToGrpcStatus(id.status()));
+      state->hub_stream = *id;
+      state->key = shared.next_stream_key++;
+      shared.watch_streams[state->key] = {
+          [box](grpc::Status status) { RequestFinish(box, std::move(status)); }};
+    });
+    Begin();
+  }
+
+ private:
+  // io-thread state, shared with the posted work (which may run after OnDone).
+  struct State {
+    std::optional<watch::WatchHub::StreamId> hub_stream;
+    uint64_t key = 0;
+  };
+
+  void HandleRequest(pb::WatchRequest request) override {
+    shared_.Post([&shared = shared_, state = state_, request = std::move(request)] {
+      if (!state->hub_stream) return;  // refused or closed
+      server::KvServer& server = shared.server();
+      switch (request.request_union_case()) {
+        case pb::WatchRequest::kCreateRequest:
+          server.WatchCreate(*state->hub_stream, request.create_request());
+          break;
+        case pb::WatchRequest::kCancelRequest:
+          server.WatchCancel(*state->hub_stream, request.cancel_request().watch_id());
+          break;
+        case pb::WatchRequest::kProgressRequest:
+          server.WatchProgress(*state->hub_stream);
+          break;
+        default:
+          break;  // etcd ignores an empty request
+      }
+    });
+  }
+
+  void Closed() override {
+    shared_.Post([&shared = shared_, state = state_] {
+      if (!state->hub_stream) return;
+      shared.server().CloseWatchStream(*state->hub_stream);
+      shared.watch_streams.erase(state->key);
+      state->hub_stream.reset();
+    });
+  }
+
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+};
+
+class KeepAliveStream final
+    : public BidiStream<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse> {
+ public:
+  using Base = BidiStream<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>;
+
+  // Keepalives in flight per stream are bounded by the outbox: a client that floods
+  // without reading gets ResourceExhausted.
+  static constexpr size_t kOutboxMax = 4096;
+
+  KeepAliveStream(Shared& shared, HandledCounter& counter)
+      : Base(shared, kOutboxMax, 16 << 20, counter) {
+    shared_.Post([&shared = shared_, box = outbox_, state = state_] {
+      if (shared.closing) return RequestFinish(box, StoppedStatus());
+      state->key = shared.next_stream_key++;
+      state->open = true;
+      shared.keepalive_streams[state->key] = {
+          [box](grpc::Status status) { RequestFinish(box, std::move(status)); }};
+    });
+    Begin();
+  }
+
+ private:
+  struct State {
+    uint64_t key = 0;
+    bool open = false;
+  };
+
+  void HandleRequest(pb::LeaseKeepAliveRequest request) override {
+    const int64_t id = request.id();
+    shared_.Post([&shared = shared_, box = outbox_, state = state_, id] {
+      if (!state->open) return;
+      shared.server().LeaseKeepAlive(id, [&shared, box, id](absl::StatusOr<int64_t> ttl) {
+        pb::LeaseKeepAliveResponse response;
+        if (ttl.ok() || absl::IsNotFound(ttl.status())) {
+          // etcd answers a keepalive for a lease that is gone with TTL 0, not an error.
+          shared.server().FillHeader(response.mutable_header());
+          response.mutable_header()->set_revision(shared.Revision());
+          response.set_id(id);
+          response.set_ttl(ttl.ok() ? *ttl : 0);
+          Push(box, std::move(response), /*droppable=*/false);
+          return;
+        }
+        RequestFinish(box, ToGrpcStatus(ttl.status()));
+      });
+    });
+  }
+
+  void Closed() override {
+    shared_.Post([&shared = shared_, state = state_] {
+      if (!state->open) return;
+      state->open = false;
+      shared.keepalive_streams.erase(state->key);
+    });
+  }
+
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+};
+
+int64_t Shared::Revision() const {
+  // The member's applied revision: what etcd puts in headers it fills itself.
+  return context.server.revision();
+}
+
+// ---- services ---------------------------------------------------------------------------
+
+class KvService final : public pb::KV::CallbackService {
+ public:
+  explicit KvService(Shared& shared)
+      : shared_(shared),
+        range_(shared.context.metrics, "unary", "etcdserverpb.KV", "Range"),
+        put_(shared.context.metrics, "unary", "etcdserverpb.KV", "Put"),
+        delete_range_(shared.context.metrics, "unary", "etcdserverpb.KV", "DeleteRange"),
+        txn_(shared.context.metrics, "unary", "etcdserverpb.KV", "Txn"),
+        compact_(shared.context.metrics, "unary", "etcdserverpb.KV", "Compact") {}
+
+  grpc::ServerUnaryReactor* Range(grpc::CallbackServerContext* ctx, const pb::RangeRequest* r,
+                                  pb::RangeResponse* out) override {
+    return Serve(ctx, r, out, &server::KvServer::Range, range_);
+  }
+  grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* ctx, const pb::PutRequest* r,
+                                pb::PutResponse* out) override {
+    return Serve(ctx, r, out, &server::KvServer::Put, put_);
+  }
+  grpc::ServerUnaryReactor* DeleteRange(grpc::CallbackServerContext* ctx,
+                                        const pb::DeleteRangeRequest* r,
+                                        pb::DeleteRangeResponse* out) override {
+    return Serve(ctx, r, out, &server::KvServer::DeleteRange, delete_range_);
+  }
+  grpc::ServerUnaryReactor* Txn(grpc::CallbackServerContext* ctx, const pb::TxnRequest* r,
+                                pb::TxnResponse* out) override {
+    return Serve(ctx, r, out, &server::KvServer::Txn, txn_);
+  }
+  grpc::ServerUnaryReactor* Compact(grpc::CallbackServerContext* ctx,
+                                    const pb::CompactionRequest* r,
+                                    pb::CompactionResponse* out) override {
+    return Serve(ctx, r, out, &server::KvServer::Compact, compact_);
+  }
+
+ private:
+  template <typename Request, typename Response>
+  grpc::ServerUnaryReactor* Serve(
+      grpc::CallbackServerContext* ctx, const Request* request, Response* out,
+      void (server::KvServer::*method)(const Request&, server::KvServer::Reply<Response>),
+      HandledCounter& counter) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    counter.Started();
+    shared_.Post([&shared = shared_, request, out, method, reactor, &counter] {
+      (shared.server().*method)(*request, Completion(reactor, out, &counter));
+    });
+    return reactor;
+  }
+
+  Shared& shared_;
+  HandledCounter range_, put_, delete_range_, txn_, compact_;
+};
+
+class WatchService final : public pb::Watch::CallbackService {
+ public:
+  explicit WatchService(Shared& shared)
+      : shared_(shared), watch_(shared.context.metrics, "bidi_stream", "etcdserverpb.Watch",
+                                "Watch") {}
+
+  grpc::ServerBidiReactor<pb::WatchRequest, pb::WatchResponse>* Watch(
+      grpc::CallbackServerContext*) override {
+    return new WatchStream(shared_, watch_);
+  }
+
+ private:
+  Shared& shared_;
+  HandledCounter watch_;
+};
+
+class LeaseService final : public pb::Lease::CallbackService {
+ public:
+  explicit LeaseService(Shared& shared)
+      : shared_(shared),
+        grant_(shared.context.metrics, "unary", "etcdserverpb.Lease", "LeaseGrant"),
+        revoke_(shared.context.metrics, "unary", "etcdserverpb.Lease", "LeaseRevoke"),
+        keepalive_(shared.context.metrics, "bidi_stream", "etcdserverpb.Lease",
+                   "LeaseKeepAlive"),
+        ttl_(shared.context.metrics, "unary", "etcdserverpb.Lease", "LeaseTimeToLive"),
+        leases_(shared.context.metrics, "unary", "etcdserverpb.Lease", "LeaseLeases") {}
+
+  grpc::ServerUnaryReactor* LeaseGrant(grpc::CallbackServerContext* ctx,
+                                       const pb::LeaseGrantRequest* r,
+                                       pb::LeaseGrantResponse* out) override {
+    return Serve(ctx, r, out, &server::KvServer::LeaseGrant, grant_);
+  }
+  grpc::ServerUnaryReactor* LeaseRevoke(grpc::CallbackServerContext* ctx,
+                                        const pb::LeaseRevokeRequest* r,
+                                        pb::LeaseRevokeResponse* out) override {
+    return Serve(ctx, r, out, &server::KvServer::LeaseRevoke, revoke_);
+  }
+  grpc::ServerUnaryReactor* LeaseTimeToLive(grpc::CallbackServerContext* ctx,
+                                            const pb::LeaseTimeToLiveRequest* r,
+                                            pb::LeaseTimeToLiveResponse* out) override {
+    return Serve(ctx, r, out, &server::KvServer::LeaseTimeToLive, ttl_);
+  }
+  grpc::ServerUnaryReactor* LeaseLeases(grpc::CallbackServerContext* ctx,
+                                        const pb::LeaseLeasesRequest*,
+                                        pb::LeaseLeasesResponse* out) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    leases_.Started();
+    shared_.Post([&shared = shared_, out, reactor, &counter = leases_] {
+      shared.server().FillHeader(out->mutable_header());
+      out->mutable_header()->set_revision(shared.Revision());
+      for (int64_t id : shared.server().Leases()) out->add_leases()->set_id(id);
+      counter.Handled(grpc::StatusCode::OK);
+      reactor->Finish(grpc::Status::OK);
+    });
+    return reactor;
+  }
+  grpc::ServerBidiReactor<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>*
+  LeaseKeepAlive(grpc::CallbackServerContext*) override {
+    return new KeepAliveStream(shared_, keepalive_);
+  }
+
+ private:
+  template <typename Request, typename Response>
+  grpc::ServerUnaryReactor* Serve(
+      grpc::CallbackServerContext* ctx, const Request* request, Response* out,
+      void (server::KvServer::*method)(const Request&, server::KvServer::Reply<Response>),
+      HandledCounter& counter) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    counter.Started();
+    shared_.Post([&shared = shared_, request, out, method, reactor, &counter] {
+      (shared.server().*method)(*request, Completion(reactor, out, &counter));
+    });
+    return reactor;
+  }
+
+  Shared& shared_;
+  HandledCounter grant_, revoke_, keepalive_, ttl_, leases_;
+};
+
+class ClusterService final : public pb::Cluster::CallbackService {
+ public:
+  explicit ClusterService(Shared& shared)
+      : shared_(shared),
+        member_list_(shared.context.metrics, "unary", "etcdserverpb.Cluster", "MemberList") {}
+
+  grpc::ServerUnaryReactor* MemberList(grpc::CallbackServerContext* ctx,
+                                       const pb::MemberListRequest*,
+                                       pb::MemberListResponse* out) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    member_list_.Started();
+    shared_.Post([&shared = shared_, out, reactor, &counter = member_list_] {
+      shared.server().FillHeader(out->mutable_header());
+      out->mutable_header()->set_revision(shared.Revision());
+      for (const MemberInfo& m : shared.context.members()) {
+        pb::Member* member = out->add_members();
+        member->set_id(m.id.value);
+        member->set_name(m.name);
+        for (const std::string& url : m.peer_urls) member->add_peerurls(url);
+        for (const std::string& url : m.client_urls) member->add_clienturls(url);
+      }
+      counter.Handled(grpc::StatusCode::OK);
+      reactor->Finish(grpc::Status::OK);
+    });
+    return reactor;
+  }
+
+ private:
+  Shared& shared_;
+  HandledCounter member_list_;
+};
+
+class MaintenanceService final : public pb::Maintenance::CallbackService {
+ public:
+  explicit MaintenanceService(Shared& shared)
+      : shared_(shared),
+        status_(shared.context.metrics, "unary", "etcdserverpb.Maintenance", "Status"),
+        alarm_(shared.context.metrics, "unary", "etcdserverpb.Maintenance", "Alarm") {}
+
+  grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* ctx, const pb::StatusRequest*,
+                                   pb::StatusResponse* out) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    status_.Started();
+    shared_.Post([&shared = shared_, out, reactor, &counter = status_] {
+      server::Node& node = shared.context.node;
+      shared.server().FillHeader(out->mutable_header());
+      out->mutable_header()->set_revision(shared.Revision());
+      out->set_version(shared.context.version);
+      out->set_leader(node.raft().leader().value);
+      out->set_raftindex(node.raft().log().committed().value);
+      out->set_raftterm(node.raft().term().value);
+      out->set_raftappliedindex(node.raft().log().applied().value);
+      if (shared.context.fill_storage_status) shared.context.fill_storage_status(out);
+      if (node.raft().leader().IsZero()) out->add_errors("etcdserver: no leader");
+      for (NodeId member : node.nospace_alarms()) {
+        out->add_errors("memberID:" + std::to_string(member.value) + " alarm:NOSPACE ");
+      }
+      counter.Handled(grpc::StatusCode::OK);
+      reactor->Finish(grpc::Status::OK);
+    });
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* Alarm(grpc::CallbackServerContext* ctx, const pb::AlarmRequest* r,
+                                  pb::AlarmResponse* out) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    alarm_.Started();
+    shared_.Post([&shared = shared_, r, out, reactor, &counter = alarm_] {
+      server::Node& node = shared.context.node;
+      auto finish = [&shared, out, reactor, &counter](const absl::Status& st) {
+        grpc::Status status = ToGrpcStatus(st);
+        if (status.ok()) {
+          shared.server().FillHeader(out->mutable_header());
+          out->mutable_header()->set_revision(shared.Revision());
+          for (NodeId member : shared.context.node.nospace_alarms()) {
+            pb::AlarmMember* alarm = out->add_alarms();
+            alarm->set_memberid(member.value);
+            alarm->set_alarm(pb::NOSPACE);
+          }
+        }
+        counter.Handled(status.error_code());
+        reactor->Finish(status);
+      };
+      switch (r->action()) {
+        case pb::AlarmRequest::GET:
+          return finish(absl::OkStatus());
+        case pb::AlarmRequest::DEACTIVATE: {
+          // etcd: member 0 or alarm NONE mean "every member" / "every alarm".
+          if (r->alarm() != pb::NONE && r->alarm() != pb::NOSPACE) return finish(absl::OkStatus());
+          std::vector<NodeId> members;
+          for (NodeId m : node.nospace_alarms()) {
+            if (r->memberid() == 0 || r->memberid() == m.value) members.push_back(m);
+          }
+          if (members.empty()) return finish(absl::OkStatus());
+          // One proposal per member; the reply waits for the last one.
+          auto left = std::make_shared<size_t>(members.size());
+          auto first_error = std::make_shared<absl::Status>();
+          for (NodeId m : members) {
+            node.DisarmAlarm(m, [left, first_error, finish](absl::Status st) {
+              if (!st.ok() && first_error->ok()) *first_error = st;
+              if (--*left == 0) finish(*first_error);
+            });
+          }
+          return;
+        }
+        default:
+          return finish(absl::UnimplementedError("etcdserver: keel raises alarms itself"));
+      }
+    });
+    return reactor;
+  }
+
+ private:
+  Shared& shared_;
+  HandledCounter status_, alarm_;
+};
+
+}  // namespace
+
+struct EtcdApi::Impl {
+  explicit Impl(EtcdApiContext context)
+      : shared(std::move(context)), kv(shared), watch(shared), lease(shared), cluster(shared),
+        maintenance(shared) {}
+
+  Shared shared;
+  KvService kv;
+  WatchService watch;
+  LeaseService lease;
+  ClusterService cluster;
+  MaintenanceService maintenance;
+};
+
+EtcdApi::EtcdApi(EtcdApiContext context) : impl_(std::make_unique<Impl>(std::move(context))) {}
+EtcdApi::~EtcdApi() = default;
+
+void EtcdApi::RegisterServices(grpc::ServerBuilder& builder) {
+  builder.RegisterService(&impl_->kv);
+  builder.RegisterService(&impl_->watch);
+  builder.RegisterService(&impl_->lease);
+  builder.RegisterService(&impl_->cluster);
+  builder.RegisterService(&impl_->maintenance);
+}
+
+void EtcdApi::CloseStreams() {
+  Shared& shared = impl_->shared;
+  shared.closing = true;
+  // Finishing only asks: each stream's Closed() erases it later, on this thread.
+  for (auto& [key, hooks] : shared.watch_streams) hooks.finish(StoppedStatus());
+  for (auto& [key, hooks] : shared.keepalive_streams) hooks.finish(StoppedStatus());
+}
+
+size_t EtcdApi::watch_streams() const { return impl_->shared.watch_streams.size(); }
+size_t EtcdApi::keepalive_streams() const { return impl_->shared.keepalive_streams.size(); }
+
+}  // namespace keel::net
