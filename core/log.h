@@ -67,6 +67,10 @@ class LogEvent {
   }
   template <typename Tag>
   LogEvent& Field(std::string_view key, StrongU64<Tag> value) { return Field(key, value.value); }
+  // Member ids in hex, as etcd and etcdctl print them (1..9 read the same either way).
+  LogEvent& Field(std::string_view key, NodeId value) {
+    return Field(key, absl::AlphaNum(absl::Hex(value.value)));
+  }
   LogEvent& Field(std::string_view key, LogIndex value) { return Field(key, value.value); }
 
  private:

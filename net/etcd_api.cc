@@ -111,7 +111,40 @@ struct Shared {
   std::map<uint64_t, StreamHooks> keepalive_streams;
   uint64_t next_stream_key = 1;
   bool closing = false;
+
+  // Where a leader-only lease call (KeepAlive, TimeToLive) goes: served here, forwarded
+  // to the leader's client URL, or refused (no leader, or its URL is not known yet).
+  struct LeaderRoute {
+    NodeId leader;
+    pb::Lease::Stub* stub = nullptr;  // null: serve here
+    absl::Status refusal;
+  };
+  LeaderRoute RouteToLeader();
+  std::map<std::string, std::unique_ptr<pb::Lease::Stub>> lease_stubs;  // by host:port
 };
+
+Shared::LeaderRoute Shared::RouteToLeader() {
+  const server::Node& node = context.node;
+  LeaderRoute route{.leader = node.raft().leader()};
+  if (route.leader.IsZero()) {
+    route.refusal = absl::UnavailableError("etcdserver: no leader");
+    return route;
+  }
+  if (route.leader == node.raft().id()) return route;
+  for (const MemberInfo& m : context.members()) {
+    if (m.id != route.leader || m.client_urls.empty()) continue;
+    // The URLs were validated when the peer said them (http://host:port).
+    std::string target = m.client_urls.front().substr(std::string_view("http://").size());
+    std::unique_ptr<pb::Lease::Stub>& stub = lease_stubs[target];
+    if (!stub) {
+      stub = pb::Lease::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+    }
+    route.stub = stub.get();
+    return route;
+  }
+  route.refusal = absl::UnavailableError("etcdserver: leader changed");
+  return route;
+}
 
 // Completes one unary call on the io thread: the response, then Finish with etcd's
 // status, and the call's metric.
@@ -349,6 +382,113 @@ class WatchStream final : public BidiStream<pb::WatchRequest, pb::WatchResponse>
   std::shared_ptr<State> state_ = std::make_shared<State>();
 };
 
+using KeepAliveBase = BidiStream<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>;
+
+// A follower's keepalive stream forwarded to the leader: one upstream stream per client
+// stream, so ordering and flow control carry through. The leader's answers go straight
+// to the client's outbox. If the upstream ends (the leader stopped or lost leadership),
+// the client's stream ends with Unavailable and the client opens a new one, which goes
+// to whoever leads then (clientv3 retries keepalive streams).
+class KeepAliveUpstream final
+    : public grpc::ClientBidiReactor<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse> {
+ public:
+  // The io thread's handle: the reactor deletes itself when done, so every use goes
+  // through the handle, under its mutex.
+  struct Handle {
+    std::mutex mu;
+    KeepAliveUpstream* reactor = nullptr;
+  };
+
+  static std::shared_ptr<Handle> Open(pb::Lease::Stub* stub,
+                                      std::shared_ptr<KeepAliveBase::Outbox> client) {
+    auto handle = std::make_shared<Handle>();
+    auto* reactor = new KeepAliveUpstream(handle, std::move(client));
+    handle->reactor = reactor;
+    stub->async()->LeaseKeepAlive(&reactor->context_, reactor);
+    reactor->StartRead(&reactor->response_);
+    reactor->StartCall();
+    return handle;
+  }
+
+  // io thread. False if the upstream is gone or too far behind.
+  static bool Send(const std::shared_ptr<Handle>& handle, int64_t id) {
+    std::lock_guard handle_lock(handle->mu);
+    KeepAliveUpstream* r = handle->reactor;
+    if (r == nullptr) return false;
+    const pb::LeaseKeepAliveRequest* start = nullptr;
+    {
+      std::lock_guard lock(r->mu_);
+      if (r->pending_.size() >= kPendingMax) return false;
+      r->pending_.emplace_back().set_id(id);
+      if (!r->writing_) {
+        r->writing_ = true;
+        start = &r->pending_.front();
+      }
+    }
+    if (start != nullptr) r->StartWrite(start);
+    return true;
+  }
+
+  // io thread: ends the upstream (the client's stream closed, or the leader changed).
+  static void Cancel(const std::shared_ptr<Handle>& handle) {
+    std::lock_guard handle_lock(handle->mu);
+    if (handle->reactor != nullptr) {
+      handle->reactor->canceled_ = true;
+      handle->reactor->context_.TryCancel();
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    const pb::LeaseKeepAliveRequest* next = nullptr;
+    {
+      std::lock_guard lock(mu_);
+      pending_.pop_front();
+      if (ok && !pending_.empty()) {
+        next = &pending_.front();
+      } else {
+        writing_ = false;
+      }
+    }
+    if (next != nullptr) StartWrite(next);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // OnDone follows with the status
+    KeepAliveBase::Push(client_, response_, /*droppable=*/false);
+    StartRead(&response_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    {
+      std::lock_guard handle_lock(handle_->mu);
+      handle_->reactor = nullptr;
+    }
+    if (!canceled_) {
+      // The leader went away under this stream: the client retries elsewhere.
+      KeepAliveBase::RequestFinish(
+          client_, status.ok() || status.error_code() == grpc::StatusCode::CANCELLED
+                       ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "etcdserver: leader changed")
+                       : status);
+    }
+    delete this;
+  }
+
+ private:
+  static constexpr size_t kPendingMax = 4096;
+
+  KeepAliveUpstream(std::shared_ptr<Handle> handle, std::shared_ptr<KeepAliveBase::Outbox> client)
+      : handle_(std::move(handle)), client_(std::move(client)) {}
+
+  std::shared_ptr<Handle> handle_;
+  std::shared_ptr<KeepAliveBase::Outbox> client_;
+  grpc::ClientContext context_;
+  pb::LeaseKeepAliveResponse response_;
+  std::mutex mu_;
+  std::deque<pb::LeaseKeepAliveRequest> pending_;  // front() is being written while writing_
+  bool writing_ = false;
+  std::atomic<bool> canceled_{false};
+};
+
 class KeepAliveStream final
     : public BidiStream<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse> {
  public:
@@ -374,12 +514,32 @@ class KeepAliveStream final
   struct State {
     uint64_t key = 0;
     bool open = false;
+    std::shared_ptr<KeepAliveUpstream::Handle> upstream;  // while forwarding
+    NodeId upstream_leader;
   };
 
   void HandleRequest(pb::LeaseKeepAliveRequest request) override {
     const int64_t id = request.id();
     shared_.Post([&shared = shared_, box = outbox_, state = state_, id] {
       if (!state->open) return;
+      Shared::LeaderRoute route = shared.RouteToLeader();
+      if (!route.refusal.ok()) return RequestFinish(box, ToGrpcStatus(route.refusal));
+      if (state->upstream && route.leader != state->upstream_leader) {
+        // Leadership moved: the old upstream's answers would come from a deposed leader.
+        KeepAliveUpstream::Cancel(state->upstream);
+        state->upstream.reset();
+      }
+      if (route.stub != nullptr) {
+        if (!state->upstream) {
+          state->upstream = KeepAliveUpstream::Open(route.stub, box);
+          state->upstream_leader = route.leader;
+        }
+        if (!KeepAliveUpstream::Send(state->upstream, id)) {
+          RequestFinish(box, grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                          "etcdserver: leader changed"));
+        }
+        return;
+      }
       shared.server().LeaseKeepAlive(id, [&shared, box, id](absl::StatusOr<int64_t> ttl) {
         pb::LeaseKeepAliveResponse response;
         if (ttl.ok() || absl::IsNotFound(ttl.status())) {
@@ -400,6 +560,8 @@ class KeepAliveStream final
     shared_.Post([&shared = shared_, state = state_] {
       if (!state->open) return;
       state->open = false;
+      if (state->upstream) KeepAliveUpstream::Cancel(state->upstream);
+      state->upstream.reset();
       shared.keepalive_streams.erase(state->key);
     });
   }
@@ -505,7 +667,47 @@ class LeaseService final : public pb::Lease::CallbackService {
   grpc::ServerUnaryReactor* LeaseTimeToLive(grpc::CallbackServerContext* ctx,
                                             const pb::LeaseTimeToLiveRequest* r,
                                             pb::LeaseTimeToLiveResponse* out) override {
-    return Serve(ctx, r, out, &server::KvServer::LeaseTimeToLive, ttl_);
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    ttl_.Started();
+    shared_.Post([&shared = shared_, r, out, reactor, &counter = ttl_] {
+      // etcd's gRPC layer answers a lease that is gone with TTL -1, not an error, and
+      // fills the header with this member's view, wherever the answer came from.
+      auto finish = [&shared, r, out, reactor, &counter](absl::Status status) {
+        if (absl::IsNotFound(status)) {
+          out->Clear();
+          out->set_id(r->id());
+          out->set_ttl(-1);
+          status = absl::OkStatus();
+        }
+        if (status.ok()) {
+          shared.server().FillHeader(out->mutable_header());
+          out->mutable_header()->set_revision(shared.Revision());
+        }
+        Completion(reactor, out, &counter)(status.ok() ? absl::StatusOr<pb::LeaseTimeToLiveResponse>(std::move(*out)) : status);
+      };
+      Shared::LeaderRoute route = shared.RouteToLeader();
+      if (route.stub == nullptr) {
+        // Served here (this member leads), or refused with the route's reason.
+        if (!route.refusal.ok()) return finish(route.refusal);
+        return shared.server().LeaseTimeToLive(
+            *r, [out, finish](absl::StatusOr<pb::LeaseTimeToLiveResponse> result) {
+              if (result.ok()) *out = *std::move(result);
+              finish(result.status());
+            });
+      }
+      // Forwarded. The call carries its own deadline (etcd's request timeout) so a
+      // vanished leader cannot hold it.
+      auto call = std::make_shared<grpc::ClientContext>();
+      call->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      route.stub->async()->LeaseTimeToLive(
+          call.get(), r, out, [&shared, call, finish](grpc::Status status) {
+            absl::Status st = status.ok() ? absl::OkStatus()
+                                          : absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                                                         status.error_message());
+            shared.Post([finish, st] { finish(st); });
+          });
+    });
+    return reactor;
   }
   grpc::ServerUnaryReactor* LeaseLeases(grpc::CallbackServerContext* ctx,
                                         const pb::LeaseLeasesRequest*,

@@ -17,7 +17,6 @@ int main(int argc, char** argv) {
   keel::net::KeelMember member(std::move(flags.config), sink);
   if (absl::Status st = member.Start(); !st.ok()) {
     keel::Logger(&sink, keel::Severity::kError).Error("CannotStart").Field("error", st.message());
-    std::fprintf(stderr, "keeld: %s\n", std::string(st.message()).c_str());
     return 1;
   }
   return member.Run();

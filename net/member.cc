@@ -335,7 +335,7 @@ HttpResponse KeelMember::Impl::ServeHttp(std::string_view method, std::string_vi
     return {.status = 405, .body = "method not allowed\n"};
   }
   if (path == "/metrics") {
-    return {.content_type = "text/plain; version=0.0.4; charset=utf-8", .body = metrics.Render()};
+    return {.content_type = std::string(kMetricsContentType), .body = metrics.Render()};
   }
   if (path == "/health") {
     // etcd 3.4: healthy when there is a leader and no alarm is raised.
