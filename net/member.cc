@@ -130,7 +130,9 @@ struct KeelMember::Impl {
   Histogram* fsync_seconds = nullptr;
   Histogram* commit_seconds = nullptr;
   Counter* leader_changes = nullptr;
+  Counter* leases_expired = nullptr;
   NodeId last_leader;
+  uint64_t leases_expired_seen = 0;
 
   std::unique_ptr<storage::SqliteStorage> sqlite;
   std::unique_ptr<TimedStorage> disk;
@@ -244,6 +246,8 @@ void KeelMember::Impl::RegisterMetrics() {
       Metrics::ExponentialBuckets(0.001, 2, 14));
   leader_changes = &metrics.AddCounter("etcd_server_leader_changes_seen_total",
                                        "The number of leader changes seen.");
+  leases_expired = &metrics.AddCounter("keel_lease_expired_total",
+                                       "Leases expired (revoked by a committed lease checkpoint).");
   // Gauge functions run where /metrics is served: on the io thread, beside the node.
   metrics.AddGaugeFunc("etcd_server_has_leader",
                        "Whether or not a leader exists. 1 is existence, 0 is not.",
@@ -277,6 +281,12 @@ void KeelMember::Impl::RegisterMetrics() {
                        [this] { return server ? static_cast<double>(server->Leases().size()) : 0.0; });
   metrics.AddGaugeFunc("keel_watchers", "Watchers open on this member.",
                        [this] { return server ? static_cast<double>(server->watches().watchers()) : 0.0; });
+  metrics.AddGaugeFunc("keel_watchers_unsynced",
+                       "Watchers behind the store (slow clients, or catching up from history).",
+                       [this] { return server ? static_cast<double>(server->watches().unsynced()) : 0.0; });
+  metrics.AddGaugeFunc("keel_lease_renewals_waiting",
+                       "Keepalives waiting for their renewal to be checkpointed (leader).",
+                       [this] { return server ? static_cast<double>(server->lessor().renewals_waiting()) : 0.0; });
   metrics.AddGaugeFunc("keel_watch_streams", "Watch streams open on this member.",
                        [this] { return api ? static_cast<double>(api->watch_streams()) : 0.0; });
   metrics.AddGaugeFunc("keel_lease_keepalive_streams", "Lease keepalive streams open on this member.",
@@ -285,10 +295,12 @@ void KeelMember::Impl::RegisterMetrics() {
                        [this] { return node ? static_cast<double>(node->nospace_alarms().size()) : 0.0; });
 }
 
-// Once a tick: counts leader changes as etcd does (a new, known leader).
+// Once a tick: counts leader changes as etcd does (a new, known leader), and expiries.
 void KeelMember::Impl::SampleLeadership() {
   sample_timer = 0;
   if (stopping || !node) return;
+  leases_expired->Inc(static_cast<double>(server->leases_expired() - leases_expired_seen));
+  leases_expired_seen = server->leases_expired();
   const NodeId leader = node->raft().leader();
   if (!leader.IsZero() && leader != last_leader) {
     leader_changes->Inc();
@@ -466,6 +478,7 @@ absl::Status KeelMember::Impl::Start() {
     return absl::UnavailableError(
         absl::StrCat("cannot listen for peers on ", peer_url.text, ": ", st.message()));
   }
+  transport->DialAll();
 
   env = std::make_unique<AsioEnv>(
       io, *disk, [this](NodeId to, std::string bytes) { transport->Send(to, std::move(bytes)); },

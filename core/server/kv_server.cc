@@ -390,6 +390,7 @@ void KvServer::WatchProgress(watch::WatchHub::StreamId stream) {
 void KvServer::OnLeaseCheckpoint(const leasepb::Checkpoint& checkpoint,
                                  const std::vector<int64_t>& revoked) {
   lessor_.OnApplied(checkpoint);
+  leases_expired_ += revoked.size();
   for (const leasepb::Renewal& r : checkpoint.renewals()) {
     const lease::LeaseTable::Lease* l = machine_.leases().Find(r.id());
     if (l != nullptr) AnswerLeaseWaiters(r.id(), l->ttl_seconds, l->expiry_ms);

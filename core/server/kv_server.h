@@ -113,6 +113,8 @@ class KvServer : public KvStateMachine::Listener {
   void OnRestored() override;
 
   const lease::Lessor& lessor() const { return lessor_; }
+  // Leases this member saw expire (revoked by applied checkpoints), since it started.
+  uint64_t leases_expired() const { return leases_expired_; }
   // The revision of this member's applied keyspace.
   int64_t revision() const { return machine_.store().revision(); }
   // etcd's response header: cluster, member, term (callers set the revision).
@@ -160,6 +162,7 @@ class KvServer : public KvStateMachine::Listener {
   std::map<uint64_t, LeaseWaiter> waiters_;
   std::multimap<int64_t, uint64_t> waiters_by_lease_;
   std::deque<std::pair<Nanos, uint64_t>> waiter_deadlines_;
+  uint64_t leases_expired_ = 0;
   std::deque<std::function<void()>> deferred_;
   TimerId deferred_timer_ = 0;
   // Guards callbacks that outlive the server (Node requests in flight).
