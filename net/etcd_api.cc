@@ -219,16 +219,19 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
     return true;
   }
 
-  // Any thread: finishes the stream once its write in flight (if any) completed.
-  static void RequestFinish(const std::shared_ptr<Outbox>& box, grpc::Status status) {
+  // Any thread: finishes the stream. `drain`: after every response already queued was
+  // written (a clean end); otherwise only the write in flight completes and the rest is
+  // dropped (the stream is being torn down).
+  static void RequestFinish(const std::shared_ptr<Outbox>& box, grpc::Status status,
+                            bool drain = false) {
     BidiStream* finish_now = nullptr;
     {
       std::lock_guard lock(box->mu);
       if (box->reactor == nullptr || box->finish_requested) return;
       box->finish_requested = true;
       box->finish_status = std::move(status);
-      box->queue.clear();
-      box->bytes = 0;
+      if (!drain) DropUnsent(*box);
+      // Responses are written back to back: nothing queued means nothing in flight.
       if (!box->writing) {
         box->finished = true;
         finish_now = box->reactor;
@@ -242,27 +245,25 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
     bool finish = false;
     {
       std::lock_guard lock(outbox_->mu);
-      if (!outbox_->queue.empty()) {
-        outbox_->bytes -= std::min(outbox_->bytes, outbox_->queue.front().ByteSizeLong());
-        outbox_->queue.pop_front();
-      }
-      if (!ok && !outbox_->finish_requested) {
+      outbox_->bytes -= std::min(outbox_->bytes, outbox_->queue.front().ByteSizeLong());
+      outbox_->queue.pop_front();
+      if (!ok) {
         // The client is gone: nothing more can be written.
-        outbox_->finish_requested = true;
-        outbox_->finish_status = grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
+        if (!outbox_->finish_requested) {
+          outbox_->finish_requested = true;
+          outbox_->finish_status = grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
+        }
         outbox_->queue.clear();
         outbox_->bytes = 0;
       }
-      if (outbox_->finish_requested) {
-        outbox_->writing = false;
-        if (!outbox_->finished) {
-          outbox_->finished = true;
-          finish = true;
-        }
-      } else if (!outbox_->queue.empty()) {
+      if (!outbox_->queue.empty()) {
         next = &outbox_->queue.front();
       } else {
         outbox_->writing = false;
+        if (outbox_->finish_requested && !outbox_->finished) {
+          outbox_->finished = true;
+          finish = true;
+        }
       }
     }
     if (next != nullptr) this->StartWrite(next);
@@ -271,8 +272,8 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      // The client closed its side (or the call ended). etcd keeps serving a half-closed
-      // watch stream; the call ends when the client cancels it.
+      // The client closed its side (or the call ended).
+      ClientHalfClosed();
       return;
     }
     Request request = std::move(request_);
@@ -300,11 +301,25 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
   virtual void HandleRequest(Request request) = 0;
   // gRPC thread, from OnDone: the stream is over (release io-thread state by posting).
   virtual void Closed() = 0;
+  // gRPC thread: the client will send nothing more. etcd keeps serving a half-closed
+  // watch stream (it ends when the client cancels it), so by default nothing happens.
+  virtual void ClientHalfClosed() {}
 
   Shared& shared_;
   std::shared_ptr<Outbox> outbox_;
 
  private:
+  // Drops every queued response but the one being written (gRPC holds a pointer to it).
+  static void DropUnsent(Outbox& box) {
+    if (box.writing) {
+      box.queue.erase(box.queue.begin() + 1, box.queue.end());
+      box.bytes = box.queue.front().ByteSizeLong();
+    } else {
+      box.queue.clear();
+      box.bytes = 0;
+    }
+  }
+
   void FinishWith(const grpc::Status& status) {
     counter_.Handled(status.error_code());
     this->Finish(status);
@@ -418,7 +433,7 @@ class KeepAliveUpstream final
     const pb::LeaseKeepAliveRequest* start = nullptr;
     {
       std::lock_guard lock(r->mu_);
-      if (r->pending_.size() >= kPendingMax) return false;
+      if (r->writes_done_ || r->pending_.size() >= kPendingMax) return false;
       r->pending_.emplace_back().set_id(id);
       if (!r->writing_) {
         r->writing_ = true;
@@ -427,6 +442,22 @@ class KeepAliveUpstream final
     }
     if (start != nullptr) r->StartWrite(start);
     return true;
+  }
+
+  // io thread: the client half-closed: so does the upstream, once its writes are out;
+  // the leader then ends it with OK, and so ends the client's stream.
+  static void CloseWrites(const std::shared_ptr<Handle>& handle) {
+    std::lock_guard handle_lock(handle->mu);
+    KeepAliveUpstream* r = handle->reactor;
+    if (r == nullptr) return;
+    bool now = false;
+    {
+      std::lock_guard lock(r->mu_);
+      if (r->writes_done_) return;
+      r->writes_done_ = true;
+      now = !r->writing_;
+    }
+    if (now) r->StartWritesDone();
   }
 
   // io thread: ends the upstream (the client's stream closed, or the leader changed).
@@ -440,6 +471,7 @@ class KeepAliveUpstream final
 
   void OnWriteDone(bool ok) override {
     const pb::LeaseKeepAliveRequest* next = nullptr;
+    bool writes_done = false;
     {
       std::lock_guard lock(mu_);
       pending_.pop_front();
@@ -447,9 +479,11 @@ class KeepAliveUpstream final
         next = &pending_.front();
       } else {
         writing_ = false;
+        writes_done = ok && writes_done_;
       }
     }
     if (next != nullptr) StartWrite(next);
+    if (writes_done) StartWritesDone();
   }
 
   void OnReadDone(bool ok) override {
@@ -464,11 +498,20 @@ class KeepAliveUpstream final
       handle_->reactor = nullptr;
     }
     if (!canceled_) {
-      // The leader went away under this stream: the client retries elsewhere.
-      KeepAliveBase::RequestFinish(
-          client_, status.ok() || status.error_code() == grpc::StatusCode::CANCELLED
-                       ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "etcdserver: leader changed")
-                       : status);
+      bool writes_done;
+      {
+        std::lock_guard lock(mu_);
+        writes_done = writes_done_;
+      }
+      if (status.ok() && writes_done) {
+        KeepAliveBase::RequestFinish(client_, grpc::Status::OK, /*drain=*/true);  // as asked
+      } else {
+        // The leader went away under this stream: the client retries elsewhere.
+        KeepAliveBase::RequestFinish(
+            client_, status.ok() || status.error_code() == grpc::StatusCode::CANCELLED
+                         ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "etcdserver: leader changed")
+                         : status);
+      }
     }
     delete this;
   }
@@ -486,6 +529,7 @@ class KeepAliveUpstream final
   std::mutex mu_;
   std::deque<pb::LeaseKeepAliveRequest> pending_;  // front() is being written while writing_
   bool writing_ = false;
+  bool writes_done_ = false;  // the client half-closed
   std::atomic<bool> canceled_{false};
 };
 
@@ -516,7 +560,20 @@ class KeepAliveStream final
     bool open = false;
     std::shared_ptr<KeepAliveUpstream::Handle> upstream;  // while forwarding
     NodeId upstream_leader;
+    size_t local_in_flight = 0;  // keepalives this member is answering
+    bool client_done = false;    // half-closed: finish once everything is answered
   };
+
+  // etcd ends a keepalive stream with OK when the client half-closes, after answering
+  // what it sent (python3-etcd3's refresh sends one request and reads to the end).
+  void ClientHalfClosed() override {
+    shared_.Post([box = outbox_, state = state_] {
+      if (!state->open || state->client_done) return;
+      state->client_done = true;
+      if (state->upstream) return KeepAliveUpstream::CloseWrites(state->upstream);
+      if (state->local_in_flight == 0) RequestFinish(box, grpc::Status::OK, /*drain=*/true);
+    });
+  }
 
   void HandleRequest(pb::LeaseKeepAliveRequest request) override {
     const int64_t id = request.id();
@@ -540,20 +597,30 @@ class KeepAliveStream final
         }
         return;
       }
-      shared.server().LeaseKeepAlive(id, [&shared, box, id](absl::StatusOr<int64_t> ttl) {
-        pb::LeaseKeepAliveResponse response;
-        if (ttl.ok() || absl::IsNotFound(ttl.status())) {
-          // etcd answers a keepalive for a lease that is gone with TTL 0, not an error.
-          shared.server().FillHeader(response.mutable_header());
-          response.mutable_header()->set_revision(shared.Revision());
-          response.set_id(id);
-          response.set_ttl(ttl.ok() ? *ttl : 0);
-          Push(box, std::move(response), /*droppable=*/false);
-          return;
+      ++state->local_in_flight;
+      shared.server().LeaseKeepAlive(id, [&shared, box, state, id](absl::StatusOr<int64_t> ttl) {
+        --state->local_in_flight;
+        AnswerKeepAlive(shared, box, id, ttl);
+        // The last answer for a half-closed client ends the stream, after that answer.
+        if (state->client_done && state->local_in_flight == 0 && !state->upstream) {
+          RequestFinish(box, grpc::Status::OK, /*drain=*/true);
         }
-        RequestFinish(box, ToGrpcStatus(ttl.status()));
       });
     });
+  }
+
+  static void AnswerKeepAlive(Shared& shared, const std::shared_ptr<KeepAliveBase::Outbox>& box,
+                              int64_t id, const absl::StatusOr<int64_t>& ttl) {
+    if (!ttl.ok() && !absl::IsNotFound(ttl.status())) {
+      return RequestFinish(box, ToGrpcStatus(ttl.status()));
+    }
+    // etcd answers a keepalive for a lease that is gone with TTL 0, not an error.
+    pb::LeaseKeepAliveResponse response;
+    shared.server().FillHeader(response.mutable_header());
+    response.mutable_header()->set_revision(shared.Revision());
+    response.set_id(id);
+    response.set_ttl(ttl.ok() ? *ttl : 0);
+    Push(box, std::move(response), /*droppable=*/false);
   }
 
   void Closed() override {

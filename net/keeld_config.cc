@@ -1,6 +1,7 @@
 #include "net/keeld_config.h"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 
 #include <openssl/sha.h>
@@ -44,14 +45,26 @@ absl::StatusOr<Nanos> ParseGoDuration(std::string_view text) {
     if (!absl::SimpleAtoi(Absl(text.substr(i, j - i)), &n)) {
       return absl::InvalidArgumentError("bad duration");
     }
+    // Nanoseconds in an int64 last 292 years: refuse more, as Go's ParseDuration does,
+    // rather than wrap around into a period that switches compaction off.
+    constexpr int64_t kMaxHours = std::numeric_limits<int64_t>::max() / 3'600'000'000'000;
     size_t k = j;
     while (k < text.size() && !(text[k] >= '0' && text[k] <= '9')) ++k;
     const std::string_view unit = text.substr(j, k - j);
-    if (unit == "h") total += std::chrono::hours(n);
-    else if (unit == "m") total += std::chrono::minutes(n);
-    else if (unit == "s") total += std::chrono::seconds(n);
-    else if (unit == "ms") total += std::chrono::milliseconds(n);
-    else return absl::InvalidArgumentError("bad duration unit (use h, m, s or ms)");
+    Nanos part;
+    if (unit == "h" && n <= kMaxHours) part = std::chrono::hours(n);
+    else if (unit == "m" && n <= kMaxHours * 60) part = std::chrono::minutes(n);
+    else if (unit == "s" || unit == "ms") {
+      part = unit == "s" ? Nanos(std::chrono::seconds(n)) : Nanos(std::chrono::milliseconds(n));
+    } else if (unit == "h" || unit == "m") {
+      return absl::InvalidArgumentError("duration out of range");
+    } else {
+      return absl::InvalidArgumentError("bad duration unit (use h, m, s or ms)");
+    }
+    if (total.count() > std::numeric_limits<int64_t>::max() - part.count()) {
+      return absl::InvalidArgumentError("duration out of range");
+    }
+    total += part;
     i = k;
   }
   return total;
@@ -94,6 +107,11 @@ absl::StatusOr<Url> ParseUrl(std::string_view text) {
     port_text = rest.substr(colon + 1);
   }
   uint32_t port = 0;
+  // Digits only: SimpleAtoi would take a sign or spaces, which Go's url.Parse refuses.
+  if (port_text.empty() || port_text.size() > 5 ||
+      port_text.find_first_not_of("0123456789") != absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", shown, "\" has a bad port"));
+  }
   if (url.host.empty() || url.host.find_first_of("/?#@ ") != std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat("\"", shown, "\" has a bad host"));
   }
@@ -269,7 +287,12 @@ absl::StatusOr<server::AutoCompactionConfig> AutoCompactionFor(const KeeldConfig
   Nanos period{0};
   if (absl::SimpleAtoi(r, &hours)) {
     if (hours < 0) return absl::InvalidArgumentError("--auto-compaction-retention is negative");
-    period = std::chrono::hours(hours);
+    absl::StatusOr<Nanos> d = ParseGoDuration(absl::StrCat(hours, "h"));
+    if (!d.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--auto-compaction-retention \"", r, "\": ", d.status().message()));
+    }
+    period = *d;
   } else {
     absl::StatusOr<Nanos> d = ParseGoDuration(r);
     if (!d.ok()) {
@@ -312,15 +335,18 @@ ParsedFlags ParseKeeldFlags(int argc, const char* const* argv) {
                  "Time (in milliseconds) of a heartbeat interval");
   app.add_option("--election-timeout", c.election_timeout_ms,
                  "Time (in milliseconds) for an election to timeout");
+  // Unsigned flags: CLI11 would wrap "-1" around; etcd's flag package refuses it.
   app.add_option("--snapshot-count", c.snapshot_count,
-                 "Number of committed transactions to trigger a snapshot");
+                 "Number of committed transactions to trigger a snapshot")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--auto-compaction-mode", c.auto_compaction_mode, "periodic or revision");
   app.add_option("--auto-compaction-retention", c.auto_compaction_retention,
                  "Auto compaction retention (periodic: 1h, 30m or hours; revision: count); 0 disables");
   app.add_option("--quota-backend-bytes", c.quota_backend_bytes,
                  "Raise the NOSPACE alarm when the database exceeds this size (0: 2 GiB)");
   app.add_option("--max-request-bytes", c.max_request_bytes,
-                 "Maximum client request size in bytes the server will accept");
+                 "Maximum client request size in bytes the server will accept")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", c.log_level, "debug, info, warn or error");
   app.set_version_flag("--version", "keeld (keel) 0.1.0, etcd API 3.4");
 
