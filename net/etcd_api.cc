@@ -276,9 +276,11 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
       ClientHalfClosed();
       return;
     }
-    Request request = std::move(request_);
+    // Handled (posted to the io thread) before the next read starts, so that the end of
+    // the stream, which that read may report at once on another thread, comes after it.
+    HandleRequest(std::move(request_));
+    request_.Clear();
     this->StartRead(&request_);
-    HandleRequest(std::move(request));
   }
 
   void OnCancel() override {
@@ -825,8 +827,8 @@ class ClusterService final : public pb::Cluster::CallbackService {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     member_list_.Started();
     shared_.Post([&shared = shared_, out, reactor, &counter = member_list_] {
+      // etcd's cluster service fills no revision in its headers.
       shared.server().FillHeader(out->mutable_header());
-      out->mutable_header()->set_revision(shared.Revision());
       for (const MemberInfo& m : shared.context.members()) {
         pb::Member* member = out->add_members();
         member->set_id(m.id.value);

@@ -56,7 +56,7 @@ class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
  public:
   class Connection;
 
-  Impl(asio::io_context& io, HttpHandler handler, Logger log, HttpServerConfig config)
+  Impl(asio::io_context& io, HttpAsyncHandler handler, Logger log, HttpServerConfig config)
       : io_(io),
         handler_(std::move(handler)),
         log_(log),
@@ -67,7 +67,8 @@ class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
   absl::Status Listen(std::string_view host, uint16_t port);
   void Stop();
   // The handler's answer; a handler that throws is answered with 500.
-  HttpResponse Answer(std::string_view method, std::string_view target);
+  // Calls the handler; `respond` gets its answer once (a 500 if it threw).
+  void Answer(std::string_view method, std::string_view target, HttpRespond respond);
 
   const HttpServerConfig& config() const { return config_; }
   const Logger& log() const { return log_; }
@@ -84,7 +85,7 @@ class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
   void OnAccept(const ErrorCode& ec, tcp::socket socket);
 
   asio::io_context& io_;
-  HttpHandler handler_;
+  HttpAsyncHandler handler_;
   Logger log_;
   HttpServerConfig config_;
   tcp::acceptor acceptor_;
@@ -157,9 +158,14 @@ void HttpServer::Impl::Connection::OnRead(const ErrorCode& ec) {
   const auto& request = parser_->get();
   const bool head = request.method() == http::verb::head;
   const std::string_view method = head ? "GET" : ToStd(request.method_string());
-  HttpResponse response = server_->Answer(method, ToStd(request.target()));
-  if (server_->stopped()) return;  // the handler stopped the server
-  WriteResponse(std::move(response), request.keep_alive(), head);
+  const bool keep_alive = request.keep_alive();
+  server_->Answer(method, ToStd(request.target()),
+                  [self = shared_from_this(), keep_alive, head,
+                   answered = false](HttpResponse response) mutable {
+                    if (answered || self->server_->stopped()) return;
+                    answered = true;
+                    self->WriteResponse(std::move(response), keep_alive, head);
+                  });
 }
 
 void HttpServer::Impl::Connection::RejectRequest(const ErrorCode& ec) {
@@ -298,21 +304,37 @@ void HttpServer::Impl::Stop() {
   log_.Info("HttpServerStopped").Field("connections_closed", open.size());
 }
 
-HttpResponse HttpServer::Impl::Answer(std::string_view method, std::string_view target) {
+void HttpServer::Impl::Answer(std::string_view method, std::string_view target,
+                              HttpRespond respond) {
   // No exception may escape into io_context::run: it would take down every other
   // component sharing the loop.
   std::string what = "unknown exception";
   try {
-    return handler_(method, target);
+    handler_(method, target, respond);
+    return;
   } catch (const std::exception& e) {
     what = e.what();
   } catch (...) {
   }
   log_.Error("HttpHandlerThrew").Field("target", target).Field("what", what);
-  return HttpResponse{.status = 500, .body = "internal server error\n"};
+  respond(HttpResponse{.status = 500, .body = "internal server error\n"});
 }
 
+namespace {
+HttpAsyncHandler Asynchronous(HttpHandler handler) {
+  KEEL_ASSERT(handler != nullptr);
+  return [handler = std::move(handler)](std::string_view method, std::string_view target,
+                                        HttpRespond respond) {
+    respond(handler(method, target));
+  };
+}
+}  // namespace
+
 HttpServer::HttpServer(asio::io_context& io, HttpHandler handler, Logger log,
+                       HttpServerConfig config)
+    : HttpServer(io, Asynchronous(std::move(handler)), log, config) {}
+
+HttpServer::HttpServer(asio::io_context& io, HttpAsyncHandler handler, Logger log,
                        HttpServerConfig config) {
   KEEL_ASSERT(handler != nullptr);
   KEEL_ASSERT(config.connections_max > 0);

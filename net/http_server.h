@@ -50,6 +50,11 @@ struct HttpResponse {
 // (404). If it throws, the client gets 500. The server adds Content-Length, Server and
 // Connection headers.
 using HttpHandler = std::function<HttpResponse(std::string_view method, std::string_view target)>;
+// The same, answered later: `respond` is called once, on the io_context's thread (a
+// health check that waits for a quorum). Calls after the server stopped are ignored.
+using HttpRespond = std::function<void(HttpResponse)>;
+using HttpAsyncHandler =
+    std::function<void(std::string_view method, std::string_view target, HttpRespond respond)>;
 
 struct HttpServerConfig {
   size_t connections_max = 64;
@@ -64,6 +69,8 @@ class HttpServer {
  public:
   // Requires: `io` outlives the server; config limits are positive.
   HttpServer(boost::asio::io_context& io, HttpHandler handler, Logger log,
+             HttpServerConfig config = {});
+  HttpServer(boost::asio::io_context& io, HttpAsyncHandler handler, Logger log,
              HttpServerConfig config = {});
   // Stops the server (see Stop). Handlers already queued on the io_context finish with
   // errors when it next runs and never call `handler`.

@@ -112,9 +112,13 @@ struct KeelMember::Impl {
   void RegisterMetrics();
   void SampleLeadership();
   void BeginStop(const char* why);
+  void HandOverLeadership(Nanos budget);
+  void WaitForHandOver();
+  void CloseAndStop();
   void FinishStop();
   uint64_t DbBytes() const;
-  HttpResponse ServeHttp(std::string_view method, std::string_view target);
+  void ServeHttp(std::string_view method, std::string_view target, HttpRespond respond);
+  void CheckHealth(HttpRespond respond);
   std::vector<MemberInfo> Members() const;
   void OnHello(NodeId from, const std::string& info);
 
@@ -131,6 +135,8 @@ struct KeelMember::Impl {
   Histogram* commit_seconds = nullptr;
   Counter* leader_changes = nullptr;
   Counter* leases_expired = nullptr;
+  Counter* health_success = nullptr;
+  Counter* health_failures = nullptr;
   NodeId last_leader;
   uint64_t leases_expired_seen = 0;
 
@@ -148,6 +154,7 @@ struct KeelMember::Impl {
   server::TimerId sample_timer = 0;
   bool stopping = false;
   bool stopped = false;
+  Nanos handover_deadline{0};
   std::thread grpc_stopper;
 };
 
@@ -246,6 +253,10 @@ void KeelMember::Impl::RegisterMetrics() {
       Metrics::ExponentialBuckets(0.001, 2, 14));
   leader_changes = &metrics.AddCounter("etcd_server_leader_changes_seen_total",
                                        "The number of leader changes seen.");
+  health_success = &metrics.AddCounter("etcd_server_health_success",
+                                       "The total number of successful health checks");
+  health_failures = &metrics.AddCounter("etcd_server_health_failures",
+                                        "The total number of failed health checks");
   leases_expired = &metrics.AddCounter("keel_lease_expired_total",
                                        "Leases expired (revoked by a committed lease checkpoint).");
   // Gauge functions run where /metrics is served: on the io thread, beside the node.
@@ -341,28 +352,54 @@ void KeelMember::Impl::OnHello(NodeId from, const std::string& info) {
   client_urls[from] = std::move(urls);
 }
 
-HttpResponse KeelMember::Impl::ServeHttp(std::string_view method, std::string_view target) {
+void KeelMember::Impl::ServeHttp(std::string_view method, std::string_view target,
+                                 HttpRespond respond) {
   const std::string_view path = target.substr(0, target.find('?'));
-  if (method != "GET" && method != "HEAD") {
-    return {.status = 405, .body = "method not allowed\n"};
-  }
+  if (method != "GET") return respond({.status = 405, .body = "method not allowed\n"});
   if (path == "/metrics") {
-    return {.content_type = std::string(kMetricsContentType), .body = metrics.Render()};
-  }
-  if (path == "/health") {
-    // etcd 3.4: healthy when there is a leader and no alarm is raised.
-    const bool has_leader = node && !node->stopped() && !node->raft().leader().IsZero();
-    const bool alarms = node && !node->nospace_alarms().empty();
-    const bool healthy = has_leader && !alarms;
-    return {.status = healthy ? 200 : 503,
-            .content_type = "application/json",
-            .body = healthy ? "{\"health\":\"true\"}" : "{\"health\":\"false\"}"};
+    return respond({.content_type = std::string(kMetricsContentType), .body = metrics.Render()});
   }
   if (path == "/version") {
-    return {.content_type = "application/json",
-            .body = absl::StrCat("{\"etcdserver\":\"", kApiVersion, "\",\"etcdcluster\":\"3.4.0\"}")};
+    return respond({.content_type = "application/json",
+                    .body = absl::StrCat("{\"etcdserver\":\"", kApiVersion,
+                                         "\",\"etcdcluster\":\"3.4.0\"}")});
   }
-  return {.status = 404, .body = "404 page not found\n"};
+  if (path == "/health") return CheckHealth(std::move(respond));
+  respond({.status = 404, .body = "404 page not found\n"});
+}
+
+// etcd 3.4's /health: unhealthy with an alarm raised or no leader; otherwise healthy only
+// if a linearizable read completes within a second (a leader cut off from its quorum
+// still believes it leads until CheckQuorum steps it down).
+void KeelMember::Impl::CheckHealth(HttpRespond respond) {
+  auto answer = [this](HttpRespond& respond, bool healthy) {
+    (healthy ? health_success : health_failures)->Inc();
+    respond({.status = healthy ? 200 : 503,
+             .content_type = "application/json",
+             .body = healthy ? "{\"health\":\"true\"}" : "{\"health\":\"false\"}"});
+  };
+  if (stopping || !node || node->stopped() || !node->nospace_alarms().empty() ||
+      node->raft().leader().IsZero()) {
+    return answer(respond, false);
+  }
+  // Whichever comes first, the read or the second, answers; the other finds it done.
+  struct Check {
+    HttpRespond respond;
+    server::TimerId timer = 0;
+    bool done = false;
+  };
+  auto check = std::make_shared<Check>(Check{.respond = std::move(respond)});
+  check->timer = env->SetTimer(std::chrono::seconds(1), [check, answer] {
+    if (check->done) return;
+    check->done = true;
+    answer(check->respond, false);
+  });
+  node->Read([this, check, answer](absl::Status st) {
+    if (check->done) return;
+    check->done = true;
+    if (env) env->CancelTimer(check->timer);
+    answer(check->respond, st.ok());
+  });
 }
 
 absl::Status KeelMember::Impl::StartGrpc() {
@@ -415,9 +452,9 @@ absl::Status KeelMember::Impl::StartGrpc() {
 absl::Status KeelMember::Impl::StartHttp() {
   for (const Url& url : config.listen_metrics_urls) {
     auto server = std::make_unique<HttpServer>(
-        io, [this](std::string_view method, std::string_view target) {
-          return ServeHttp(method, target);
-        },
+        io,
+        HttpAsyncHandler([this](std::string_view method, std::string_view target,
+                                HttpRespond respond) { ServeHttp(method, target, std::move(respond)); }),
         log);
     if (absl::Status st = server->Listen(url.host, url.port); !st.ok()) {
       return absl::UnavailableError(absl::StrCat("--listen-metrics-urls ", url.text, ": ", st.message()));
@@ -540,6 +577,46 @@ void KeelMember::Impl::BeginStop(const char* why) {
   stopping = true;
   log.Info("Stopping").Field("reason", why);
   signals.cancel();
+  HandOverLeadership(Millis(config.election_timeout_ms));
+}
+
+// A leader that stops hands leadership to its most caught-up follower first (etcd does
+// too), so the cluster writes again within a round trip rather than an election timeout.
+// Requests keep being served meanwhile. Gives up after `budget`.
+void KeelMember::Impl::HandOverLeadership(Nanos budget) {
+  const raft::Raft& raft = node->raft();
+  if (node->stopped() || raft.role() != raft::Role::kLeader || raft.config().voters.size() < 2) {
+    return CloseAndStop();
+  }
+  NodeId best;
+  LogIndex best_match;
+  for (NodeId peer : raft.config().voters) {
+    const raft::Progress* p = raft.ProgressOf(peer);
+    if (peer == raft.id() || p == nullptr) continue;
+    if (best.IsZero() || p->match > best_match) {
+      best = peer;
+      best_match = p->match;
+    }
+  }
+  if (absl::Status st = node->TransferLeadership(best); !st.ok()) {
+    log.Warn("LeadershipNotHandedOver").Field("to", best).Field("status", st.ToString());
+    return CloseAndStop();
+  }
+  log.Info("HandingOverLeadership").Field("to", best);
+  handover_deadline = env->Now() + budget;
+  WaitForHandOver();
+}
+
+void KeelMember::Impl::WaitForHandOver() {
+  const bool moved = node->stopped() || node->raft().role() != raft::Role::kLeader;
+  if (moved || env->Now() >= handover_deadline) {
+    if (!moved) log.Warn("LeadershipNotHandedOver").Field("reason", "timed out");
+    return CloseAndStop();
+  }
+  env->SetTimer(Millis(10), [this] { WaitForHandOver(); });
+}
+
+void KeelMember::Impl::CloseAndStop() {
   // Streams end now; unary calls in flight end within the request timeout, which gRPC's
   // Shutdown waits for (on its own thread: the calls complete on this one).
   api->CloseStreams();

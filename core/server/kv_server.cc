@@ -1,5 +1,7 @@
 #include "core/server/kv_server.h"
 
+#include <algorithm>
+
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -360,9 +362,17 @@ void KvServer::FinishTimeToLive(const absl::Status& confirmed,
 }
 
 std::vector<int64_t> KvServer::Leases() const {
+  // Soonest to expire first, as etcd's leader lists them: by the expiry the leader's
+  // renewals have set, and elsewhere by the replicated table's (then ids break ties).
+  std::vector<std::pair<int64_t, int64_t>> by_expiry;
+  by_expiry.reserve(machine_.leases().size());
+  for (const auto& [id, l] : machine_.leases().leases()) {
+    by_expiry.emplace_back(lessor_.primary() ? lessor_.ExpiryMs(id) : l.expiry_ms, id);
+  }
+  std::sort(by_expiry.begin(), by_expiry.end());
   std::vector<int64_t> out;
-  out.reserve(machine_.leases().size());
-  for (const auto& [id, l] : machine_.leases().leases()) out.push_back(id);
+  out.reserve(by_expiry.size());
+  for (const auto& [expiry, id] : by_expiry) out.push_back(id);
   return out;
 }
 
