@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <cctype>
 #include <cerrno>
 #include <chrono>
@@ -516,6 +517,44 @@ TEST_F(HttpServerTest, ListeningOnAPortInUseFailsWithAClearError) {
   EXPECT_EQ(second.port(), 0);
   // Listening twice on one server is a mistake the caller sees.
   EXPECT_EQ(server_->Listen("127.0.0.1", 0).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace keel::net
+
+namespace keel::net {
+namespace {
+
+// keeld's /health answers only once a read went through Raft: the handler responds later,
+// from the io thread, and the connection carries on with the next request afterwards.
+TEST_F(HttpServerTest, AnAsynchronousHandlerAnswersLaterAndTheConnectionCarriesOn) {
+  boost::asio::steady_timer later(io_);
+  int calls = 0;
+  server_ = std::make_unique<HttpServer>(
+      io_,
+      HttpAsyncHandler([&](std::string_view, std::string_view target, HttpRespond respond) {
+        ++calls;
+        later.expires_after(std::chrono::milliseconds(30));
+        later.async_wait([respond, path = std::string(target)](const boost::system::error_code&) {
+          respond({.body = "late " + path});
+          respond({.body = "twice"});  // a second answer is ignored
+        });
+      }),
+      Logger(&events_, Severity::kDebug));
+  ASSERT_TRUE(server_->Listen("127.0.0.1", 0).ok());
+  const uint16_t port = server_->port();
+  auto [first, second] = WithClient([port] {
+    RawClient client(port);
+    client.Send(Get("/a"));
+    auto first = client.ReadResponse();
+    client.Send(Get("/b"));
+    return std::pair(first, client.ReadResponse());
+  });
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->body, "late /a");
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->body, "late /b");
+  EXPECT_EQ(calls, 2);
 }
 
 }  // namespace

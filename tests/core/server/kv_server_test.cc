@@ -690,7 +690,7 @@ TEST_F(KvServerSingle, LeaseTimeToLiveReportsTheGrantedTtlTheRemainingTtlAndTheK
 // ---- keepalives -----------------------------------------------------------------------
 
 TEST(KvServerLeases, KeepAliveBeforeTheNodeLeadsIsNotLeader) {
-  Cluster c(1);
+  Cluster c(3);  // before any election (a sole voter would lead at once)
   Member& m = *c.members[0];
   ASSERT_FALSE(m.Leads());
   EXPECT_EQ(KeepAlive(c.world, m, 1).status(), ErrNotLeader());
