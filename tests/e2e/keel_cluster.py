@@ -392,3 +392,31 @@ def quiet_etcd3_watch_thread_exits():
             return
         default_hook(args)
     threading.excepthook = hook
+
+
+# Helpers for the registry interop tests (tests/e2e/test_go_interop.py).
+
+class ProcessStream(EtcdctlStream):
+    """Any long-running command (a registrar, a discover --watch) read line by line:
+    EtcdctlStream's deadline reads and stop(), for a command line given whole."""
+
+    def __init__(self, cmd, env=None):
+        self.cmd = [str(a) for a in cmd]
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env,
+                                     start_new_session=True)
+        self._lines = queue.Queue()
+        self._stderr = []
+        self._threads = [threading.Thread(target=self._pump_stdout, daemon=True),
+                         threading.Thread(target=self._pump_stderr, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def signal(self, sig):
+        """Sends `sig` if the process still runs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout):
+        """The exit code, waiting up to `timeout` s (subprocess.TimeoutExpired past it)."""
+        return self.proc.wait(timeout=timeout)
