@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "core/etcdpb/rpc.grpc.pb.h"
 #include "core/etcdpb/rpc.pb.h"
 #include "core/server/kv_server.h"
@@ -32,7 +33,9 @@ grpc::Status ToGrpcStatus(const absl::Status& st) {
       // The outcome is unknown: etcd's ErrTimeout, which clients retry or report.
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "etcdserver: request timed out");
     case absl::StatusCode::kUnavailable:
-      if (message == "no leader") {
+      // Refused before it was proposed (Raft's "no leader; term=N", or a leadership
+      // transfer under way): etcd's ErrNoLeader, which clients may retry even for writes.
+      if (absl::StartsWith(message, "no leader") || absl::StrContains(message, "leadership transfer")) {
         return grpc::Status(grpc::StatusCode::UNAVAILABLE, "etcdserver: no leader");
       }
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "etcdserver: server stopped");

@@ -420,3 +420,42 @@ class ProcessStream(EtcdctlStream):
     def wait(self, timeout):
         """The exit code, waiting up to `timeout` s (subprocess.TimeoutExpired past it)."""
         return self.proc.wait(timeout=timeout)
+
+
+# Helpers for keelctl, keel's registry CLI (tests/e2e/test_registry.py and
+# tests/e2e/test_go_interop.py's KeelctlInterop).
+
+# The keelctl built next to KEELD (build/net/keeld -> build/net/client/keelctl).
+KEELCTL = os.environ.get("KEELCTL") or os.path.join(os.path.dirname(KEELD), "client", "keelctl")
+
+
+def keelctl_cmd(endpoints, *args):
+    """keelctl's command line: `keelctl --endpoints a,b,c ARGS...`."""
+    return [KEELCTL, "--endpoints", ",".join(endpoints), *[str(a) for a in args]]
+
+
+def keelctl(endpoints, *args, timeout=30):
+    """Runs keelctl to its end: (returncode, stdout, stderr)."""
+    p = subprocess.run(keelctl_cmd(endpoints, *args), stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def require_keelctl():
+    """AssertionError naming the path (and how to build it) if there is no keelctl."""
+    if not os.access(KEELCTL, os.X_OK):
+        raise AssertionError("no keelctl at %s (KEELCTL; built by `ninja -C <build dir> "
+                             "net/client/keelctl`)" % KEELCTL)
+
+
+def watch_stream_count(member):
+    """Watch streams open on `member`, from its /metrics (keeld's keel_watch_streams,
+    etcd's etcd_debugging_mvcc_watch_stream_total)."""
+    status, body = http_get(metrics_url(member) + "/metrics")
+    if status != 200:
+        raise AssertionError("%s /metrics: HTTP %d" % (member.name, status))
+    for name in ("keel_watch_streams", "etcd_debugging_mvcc_watch_stream_total"):
+        for line in body.splitlines():
+            if line.startswith(name + " "):
+                return int(float(line.split()[1]))
+    raise AssertionError("%s /metrics has no watch stream gauge" % member.name)

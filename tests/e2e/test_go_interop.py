@@ -332,5 +332,103 @@ class GoClientv3Interop(RegistryInterop):
         self.assertIn("registry_interop: discover: cannot connect to 127.0.0.1:%d" % port, p.stderr)
 
 
+# keelctl prints its lease in hex without leading zeros.
+KEELCTL_REGISTERED = re.compile(r"^registered (\S+) lease ([0-9a-f]+)$")
+KEELCTL_WATCHING = re.compile(r"^# watching from revision \d+$")
+
+
+class KeelctlInterop(RegistryInterop):
+    """keelctl (net/client/keelctl.cc, KEELCTL) against the cluster: what it registers is
+    what etcdctl and the Go program (seed §3) read; what they register, it discovers."""
+
+    @classmethod
+    def setUpClass(cls):
+        kc.require_keelctl()  # before the cluster: a missing binary starts nothing
+        super().setUpClass()
+
+    def keelctl_register(self, service, addr, *extra):
+        return self.start_registrar(kc.keelctl_cmd(self.endpoints, "register", service, addr, *extra),
+                                    ready=KEELCTL_REGISTERED)
+
+    def keelctl_discover(self, service):
+        rc, out, err = kc.keelctl(self.endpoints, "discover", service)
+        self.assertEqual(rc, 0, err)
+        return out.splitlines()
+
+    def keelctl_watch(self, service):
+        """A `keelctl discover --watch` and the instances it listed."""
+        stream = self.start_process(kc.keelctl_cmd(self.endpoints, "discover", service, "--watch"))
+        lines = stream.read_until(lambda text: KEELCTL_WATCHING.match(text) is not None, READY_TIMEOUT_S)
+        return stream, lines[:-1]
+
+    def go_cmd(self, subcommand, service, *extra):
+        return [go_program(), subcommand, "--endpoints", ",".join(self.endpoints),
+                "--service", service, *extra]
+
+    @kc.time_limit(60)
+    def test_keelctl_registered_instance_is_visible_to_etcdctl(self):
+        # The issue's example, the instance id left to its default (service-addr).
+        reg = self.keelctl_register("payment", "10.0.0.1:8080", "--ttl", "10", "--meta", "version=1.0")
+        key = instance_key("payment", "payment-10.0.0.1:8080")
+        self.assertEqual(reg.key, key)
+
+        _, out, _ = self.etcdctl("get", "--prefix", "/services/payment/")
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 2, out)
+        self.assertEqual(lines[0], key)
+        value = json.loads(lines[1])
+        self.assertEqual((value["addr"], value["version"]), ("10.0.0.1:8080", "1.0"), lines[1])
+        self.assertEqual(self.registry("payment")[key][1], reg.lease_id)
+
+        _, out, _ = self.etcdctl("lease", "timetolive", "--keys", reg.lease_hex)
+        m = re.search(r"granted with TTL\((\d+)s\), remaining\((\d+)s\), attached keys\(\[(.*)\]\)", out)
+        self.assertIsNotNone(m, out)
+        self.assertEqual(int(m.group(1)), 10)
+        self.assertEqual(m.group(3), key)
+
+        reg.stream.signal(signal.SIGTERM)
+        self.assertEqual(reg.stream.wait(10), 0, reg.stream.stderr())
+        self.assertEqual(reg.stream.read_lines(1, 5), ["deregistered " + key])
+        self.assertEqual(self.registry("payment"), {})
+
+    @kc.time_limit(120)
+    def test_keelctl_registered_instance_is_seen_by_go_discover_and_watch(self):
+        watch = self.start_process(self.go_cmd("discover", "togo", "--watch", "--for", "60s"))
+        self.assertEqual(watch.read_until(lambda text: text.startswith("listed "), READY_TIMEOUT_S)[:-1], [])
+
+        reg = self.keelctl_register("togo", "10.0.0.1:9000", "--id", "i1", "--ttl", "10",
+                                    "--meta", "version=3.0", "--meta", "zone=az1")
+        self.assertEqual(watch.read_lines(1, 10), ["put i1 10.0.0.1:9000"], watch.stderr())
+        p = subprocess.run(self.go_cmd("discover", "togo"), capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.splitlines()[:-1], ["instance i1 10.0.0.1:9000"])
+
+        reg.stream.signal(signal.SIGTERM)
+        self.assertEqual(watch.read_lines(1, 10), ["delete i1"], watch.stderr())
+        self.assertEqual(reg.stream.wait(10), 0, reg.stream.stderr())
+
+    @kc.time_limit(120)
+    def test_go_registered_instance_appears_in_keelctl_discover_and_watch(self):
+        go = go_program()  # first: a skip starts nothing
+        watch, listed = self.keelctl_watch("fromgo")
+        self.assertEqual(listed, [])
+
+        reg = self.start_registrar([go, "register", "--endpoints", ",".join(self.endpoints),
+                                    "--service", "fromgo", "--id", "i1", "--addr", "10.0.0.2:9000",
+                                    "--ttl", "10", "--version", "2.1"])
+        self.assertEqual(watch.read_lines(1, 10), ["+ i1 10.0.0.2:9000 version=2.1 weight=1"],
+                         watch.stderr())
+        self.assertEqual(self.keelctl_discover("fromgo"), ["i1 10.0.0.2:9000 version=2.1 weight=1"])
+        rc, out, err = kc.keelctl(self.endpoints, "services")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("fromgo 1", out.splitlines())
+
+        reg.stream.signal(signal.SIGTERM)  # the Go program revokes its lease
+        self.assertEqual(watch.read_lines(1, 10), ["- i1 10.0.0.2:9000"], watch.stderr())
+        self.assertEqual(reg.stream.wait(10), 0, reg.stream.stderr())
+        self.assertEqual(watch.read_lines(1, 1), [])
+        self.assertEqual(watch.stderr(), "")
+
+
 if __name__ == "__main__":
     unittest.main()
