@@ -9,14 +9,17 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/assert.h"
 #include "core/etcdpb/rpc.grpc.pb.h"
 #include "net/client/client.h"
 
@@ -65,6 +68,30 @@ struct Client::Impl {
   mutable std::mutex mu_;
   size_t current_ = 0;
   std::mt19937 rng_;  // jitter only: seeded from std::random_device (not the sim's core)
+};
+
+// The thread behind one of the client's streams (LeaseKeeper's, Watcher's) and what its
+// owner needs to stop it; each one's Impl derives from this. The owner starts `thread`
+// once its Impl is built and calls Stop() before destroying it.
+struct StreamWorker {
+  // Sets `stopping`, cancels the open stream (if any), wakes the thread and waits until it
+  // has returned. Requires: not called on `thread` itself.
+  void Stop() {
+    {
+      std::lock_guard lock(mu);
+      stopping = true;
+      if (context != nullptr) context->TryCancel();
+    }
+    cv.notify_all();
+    KEEL_ASSERT(thread.get_id() != std::this_thread::get_id());
+    thread.join();
+  }
+
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  bool stopping = false;                   // guarded by mu
+  grpc::ClientContext* context = nullptr;  // the open stream's (for TryCancel), by mu
+  std::thread thread;
 };
 
 }  // namespace keel::client

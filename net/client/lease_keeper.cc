@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "core/assert.h"
 #include "core/etcdpb/rpc.grpc.pb.h"
 #include "core/etcdpb/rpc.pb.h"
 #include "net/client/client_impl.h"
@@ -27,7 +26,7 @@ constexpr int64_t kTtlForTimingMaxSeconds = 100'000'000;
 constexpr auto kForever = std::chrono::hours(24 * 365);
 }  // namespace
 
-struct LeaseKeeper::Impl {
+struct LeaseKeeper::Impl : StreamWorker {
   explicit Impl(Client& c) : client(c) {}
 
   using Lost = std::function<void(absl::Status)>;
@@ -58,18 +57,12 @@ struct LeaseKeeper::Impl {
   Client& client;
   const Nanos answer_timeout = client.config().request_timeout;
 
-  mutable std::mutex mu;
-  std::condition_variable cv;
-  // Guarded by mu:
-  bool stopping = false;
+  // Guarded by mu (StreamWorker's, as are stopping and the open stream's context):
   bool rescan = false;  // a lease was added or answered: the writer looks again
   std::map<int64_t, Kept> leases;
   std::vector<std::pair<Lost, absl::Status>> lost_queue;  // at most one per kept lease
-  grpc::ClientContext* context = nullptr;                 // the open stream's
   bool broken = false;                                    // the open stream ended
   bool answered = false;                                  // the open stream answered once
-
-  std::thread thread;
 };
 
 void LeaseKeeper::Impl::ExpireLocked(Clock::time_point now, Clock::time_point* wake) {
@@ -250,16 +243,7 @@ LeaseKeeper::LeaseKeeper(Client& client) : impl_(std::make_unique<Impl>(client))
   impl_->thread = std::thread([impl = impl_.get()] { impl->Run(); });
 }
 
-LeaseKeeper::~LeaseKeeper() {
-  {
-    std::lock_guard lock(impl_->mu);
-    impl_->stopping = true;
-    if (impl_->context != nullptr) impl_->context->TryCancel();
-  }
-  impl_->cv.notify_all();
-  KEEL_ASSERT(impl_->thread.get_id() != std::this_thread::get_id());
-  impl_->thread.join();
-}
+LeaseKeeper::~LeaseKeeper() { impl_->Stop(); }
 
 absl::Status LeaseKeeper::Keep(int64_t lease, int64_t ttl_seconds,
                                std::function<void(absl::Status why)> lost) {

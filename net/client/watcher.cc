@@ -8,7 +8,6 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "core/assert.h"
 #include "core/etcdpb/rpc.grpc.pb.h"
 #include "core/etcdpb/rpc.pb.h"
 #include "net/client/client_impl.h"
@@ -30,7 +29,7 @@ std::string PrefixEnd(std::string_view prefix) {
   return std::string(1, '\0');
 }
 
-struct Watcher::Impl {
+struct Watcher::Impl : StreamWorker {
   Impl(Client& c, WatchOptions o, WatchCallbacks cb)
       : client(c),
         options(std::move(o)),
@@ -60,18 +59,12 @@ struct Watcher::Impl {
   const WatchOptions options;
   const WatchCallbacks callbacks;
 
-  std::mutex mu;
-  std::condition_variable cv;
-  bool stopping = false;                   // guarded by mu
-  grpc::ClientContext* context = nullptr;  // the open stream's (for TryCancel), by mu
   std::atomic<int64_t> delivered{0};
 
   // The watcher's thread only:
   int64_t next_revision = 0;  // the first revision not yet delivered; 0: "now"
   int64_t watch_id = -1;      // the server's id for our watch on the open stream
   bool created = false;       // the open stream answered our create request
-
-  std::thread thread;
 };
 
 pb::WatchRequest Watcher::Impl::CreateRequest() const {
@@ -189,16 +182,7 @@ Watcher::Watcher(Client& client, WatchOptions options, WatchCallbacks callbacks)
   impl_->thread = std::thread([impl = impl_.get()] { impl->Run(); });
 }
 
-Watcher::~Watcher() {
-  {
-    std::lock_guard lock(impl_->mu);
-    impl_->stopping = true;
-    if (impl_->context != nullptr) impl_->context->TryCancel();
-  }
-  impl_->cv.notify_all();
-  KEEL_ASSERT(impl_->thread.get_id() != std::this_thread::get_id());
-  impl_->thread.join();
-}
+Watcher::~Watcher() { impl_->Stop(); }
 
 int64_t Watcher::delivered_revision() const {
   return impl_->delivered.load(std::memory_order_acquire);

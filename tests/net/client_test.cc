@@ -6,297 +6,54 @@
 
 #include "net/client/client.h"
 
-#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
-#include <cstdio>
-#include <cstdlib>
 #include <deque>
-#include <filesystem>
 #include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "core/assert.h"
 #include "core/etcdpb/rpc.grpc.pb.h"
 #include "core/etcdpb/rpc.pb.h"
-#include "core/log.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "net/client/lease_keeper.h"
 #include "net/client/watcher.h"
-#include "net/keeld_config.h"
-#include "net/member.h"
+#include "tests/net/member_harness.h"
 
 namespace keel::client {
 namespace {
 
 namespace pb = etcdserverpb;
-namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-// ---- test harness -----------------------------------------------------------------------
+// ---- test harness (tests/net/member_harness.h) ----------------------------------------
 
-// Aborts the whole run, naming the test, if the test outlives `limit` (a hung stream or
-// a member that never stops must not hang CI).
-class TestDeadline {
- public:
-  explicit TestDeadline(seconds limit)
-      : thread_([this, limit] {
-          std::unique_lock lock(mu_);
-          if (cv_.wait_for(lock, limit, [this] { return done_; })) return;
-          const ::testing::TestInfo* t = ::testing::UnitTest::GetInstance()->current_test_info();
-          std::fprintf(stderr, "%s.%s exceeded its deadline of %lld s\n",
-                       t ? t->test_suite_name() : "?", t ? t->name() : "?",
-                       static_cast<long long>(limit.count()));
-          std::fflush(stderr);
-          std::abort();
-        }) {}
-  ~TestDeadline() {
-    {
-      std::lock_guard lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
+using testing::Connect;
+using testing::FreePorts;
+using testing::TestCluster;
+using testing::TestDeadline;
+using testing::WaitFor;
 
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;  // last: starts once the rest is built
-};
-
-// Polls `cond` every 10 ms until it holds (true) or `timeout` passes (false).
-bool WaitFor(const std::function<bool()>& cond, Nanos timeout) {
-  const Clock::time_point deadline = Clock::now() + timeout;
-  while (!cond()) {
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-  return true;
-}
-
-// Free loopback ports: all bound at once (so they differ), then released for the member.
-std::vector<uint16_t> FreePorts(size_t count) {
-  std::vector<int> fds;
-  std::vector<uint16_t> ports;
-  for (size_t i = 0; i < count; ++i) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    KEEL_ASSERT(fd >= 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = 0;
-    KEEL_ASSERT(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-    socklen_t len = sizeof(addr);
-    KEEL_ASSERT(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-    ports.push_back(ntohs(addr.sin_port));
-    fds.push_back(fd);
-  }
-  for (int fd : fds) ::close(fd);
-  return ports;
-}
-
-// Members log errors only (KEEL_TEST_LOG=1: everything), to stderr.
-class TestLogSink : public LogSink {
- public:
-  void Write(Severity severity, std::string_view name, std::string_view fields) override {
-    static const bool all = std::getenv("KEEL_TEST_LOG") != nullptr;
-    if (!all && severity < Severity::kError) return;
-    std::lock_guard lock(mu_);
-    std::fprintf(stderr, "[member %s] %.*s%.*s\n", std::string(SeverityName(severity)).c_str(),
-                 static_cast<int>(name.size()), name.data(), static_cast<int>(fields.size()),
-                 fields.data());
-  }
-
- private:
-  std::mutex mu_;
-};
-
-// keeld members n1..nN in this process, configured through keeld's own flag parser.
-// Fast timings (50 ms heartbeats, 500 ms elections) keep the tests short.
-class TestCluster {
- public:
-  explicit TestCluster(size_t size) {
-    std::string tmpl = (fs::temp_directory_path() / "keel-client-test-XXXXXX").string();
-    KEEL_ASSERT(::mkdtemp(tmpl.data()) != nullptr);
-    dir_ = tmpl;
-    const std::vector<uint16_t> ports = FreePorts(3 * size);
-    std::vector<std::string> cluster;
-    for (size_t i = 0; i < size; ++i) {
-      Member& m = members_.emplace_back();
-      m.name = absl::StrCat("n", i + 1);
-      m.client_port = ports[3 * i];
-      m.peer_port = ports[3 * i + 1];
-      m.metrics_port = ports[3 * i + 2];
-      cluster.push_back(absl::StrCat(m.name, "=http://127.0.0.1:", m.peer_port));
-    }
-    initial_cluster_ = absl::StrJoin(cluster, ",");
-  }
-  ~TestCluster() {
-    for (size_t i = 0; i < members_.size(); ++i) Stop(i);
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
-  size_t size() const { return members_.size(); }
-  std::string Endpoint(size_t i) const {
-    return absl::StrCat("127.0.0.1:", members_[i].client_port);
-  }
-  std::vector<std::string> Endpoints() const {
-    std::vector<std::string> out;
-    for (size_t i = 0; i < members_.size(); ++i) out.push_back(Endpoint(i));
-    return out;
-  }
-  // The member whose client endpoint is `endpoint`.
-  size_t IndexOf(const std::string& endpoint) const {
-    for (size_t i = 0; i < members_.size(); ++i) {
-      if (Endpoint(i) == endpoint) return i;
-    }
-    KEEL_ASSERT(false);
-    return 0;
-  }
-
-  // Starts member i (again, after a Stop: same ports, same data).
-  absl::Status Start(size_t i) {
-    Member& m = members_[i];
-    KEEL_ASSERT(!m.member);
-    const std::string client = absl::StrCat("http://127.0.0.1:", m.client_port);
-    const std::string peer = absl::StrCat("http://127.0.0.1:", m.peer_port);
-    // Flags and their values, a pair a line.
-    // clang-format off
-    const std::vector<std::string> args = {
-        "keeld",
-        "--name", m.name,
-        "--data-dir", (dir_ / m.name).string(),
-        "--listen-client-urls", client,
-        "--advertise-client-urls", client,
-        "--listen-peer-urls", peer,
-        "--initial-advertise-peer-urls", peer,
-        "--listen-metrics-urls", absl::StrCat("http://127.0.0.1:", m.metrics_port),
-        "--initial-cluster", initial_cluster_,
-        "--initial-cluster-token", "keel-client-test",
-        "--heartbeat-interval", "50",
-        "--election-timeout", "500",
-        "--log-level", std::getenv("KEEL_TEST_LOG") != nullptr ? "info" : "error",
-    };
-    // clang-format on
-    std::vector<const char*> argv;
-    for (const std::string& a : args) argv.push_back(a.c_str());
-    net::ParsedFlags flags = net::ParseKeeldFlags(static_cast<int>(argv.size()), argv.data());
-    if (flags.exit) return absl::InvalidArgumentError(flags.output);
-    m.member = std::make_unique<net::KeelMember>(std::move(flags.config), sink_);
-    if (absl::Status st = m.member->Start(); !st.ok()) {
-      m.member.reset();
-      return st;
-    }
-    m.thread = std::thread([member = m.member.get()] { member->Run(); });
-    return absl::OkStatus();
-  }
-  absl::Status StartAll() {
-    for (size_t i = 0; i < members_.size(); ++i) {
-      if (absl::Status st = Start(i); !st.ok()) return st;
-    }
-    return absl::OkStatus();
-  }
-  // Stops member i gracefully (as SIGTERM does) and waits until it has.
-  void Stop(size_t i) {
-    Member& m = members_[i];
-    if (!m.member) return;
-    m.member->RequestStop();
-    m.thread.join();
-    m.member.reset();
-  }
-  bool running(size_t i) const { return members_[i].member != nullptr; }
-
-  // Waits until every running member names the same leader, itself running.
-  bool WaitForLeader(Nanos timeout = seconds(15)) {
-    std::vector<std::string> endpoints;
-    for (size_t i = 0; i < members_.size(); ++i) {
-      if (running(i)) endpoints.push_back(Endpoint(i));
-    }
-    auto client = Client::Connect({.endpoints = endpoints});
-    KEEL_ASSERT(client.ok());
-    return WaitFor(
-        [&] {
-          uint64_t leader = 0;
-          for (const std::string& e : endpoints) {
-            auto status = (*client)->Status(e, {.timeout = milliseconds(500)});
-            if (!status.ok() || status->leader() == 0) return false;
-            if (leader != 0 && status->leader() != leader) return false;
-            leader = status->leader();
-          }
-          // The leader is one of the running members (its member id is in a header).
-          for (const std::string& e : endpoints) {
-            auto status = (*client)->Status(e, {.timeout = milliseconds(500)});
-            if (status.ok() && status->header().member_id() == leader) return true;
-          }
-          return false;
-        },
-        timeout);
-  }
-
- private:
-  struct Member {
-    std::string name;
-    uint16_t client_port = 0, peer_port = 0, metrics_port = 0;
-    std::unique_ptr<net::KeelMember> member;
-    std::thread thread;
-  };
-  fs::path dir_;
-  std::string initial_cluster_;
-  TestLogSink sink_;
-  std::deque<Member> members_;
-};
+// This file's clusters: their temporary directories and cluster token are named for it.
+constexpr std::string_view kClusterName = "keel-client-test";
 
 // One single-member cluster shared by the tests that need nothing else (each uses its
 // own keys): started on first use, stopped after the last test.
-TestCluster* shared_member = nullptr;
-
-class SharedMemberEnvironment : public ::testing::Environment {
- public:
-  void TearDown() override {
-    delete shared_member;
-    shared_member = nullptr;
-  }
-};
-const auto* const kSharedMemberEnvironment =
-    ::testing::AddGlobalTestEnvironment(new SharedMemberEnvironment);
-
-TestCluster& SharedMember() {
-  if (shared_member == nullptr) {
-    shared_member = new TestCluster(1);
-    absl::Status st = shared_member->StartAll();
-    KEEL_ASSERT(st.ok());
-    KEEL_ASSERT(shared_member->WaitForLeader());
-  }
-  return *shared_member;
-}
-
-std::unique_ptr<Client> Connect(std::vector<std::string> endpoints, ClientConfig config = {}) {
-  config.endpoints = std::move(endpoints);
-  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(std::move(config));
-  KEEL_ASSERT(client.ok());
-  return *std::move(client);
-}
+TestCluster& SharedMember() { return testing::SharedMember(kClusterName); }
 
 absl::StatusOr<pb::PutResponse> Put(Client& client, const std::string& key,
                                     const std::string& value, int64_t lease = 0,
@@ -666,7 +423,7 @@ TEST(ClientUnary, EveryCallWorksAgainstOneMember) {
 
 TEST(ClientFailover, CallsContinueOnAnotherEndpointWhenTheirMemberStops) {
   TestDeadline deadline(seconds(40));
-  TestCluster cluster(3);
+  TestCluster cluster(kClusterName, 3);
   ASSERT_TRUE(cluster.StartAll().ok());
   ASSERT_TRUE(cluster.WaitForLeader());
   std::unique_ptr<Client> client = Connect(cluster.Endpoints());
@@ -686,7 +443,7 @@ TEST(ClientFailover, CallsContinueOnAnotherEndpointWhenTheirMemberStops) {
 // Starts only n1 of three: it has no leader until a second member comes.
 TEST(ClientFailover, AMutationRefusedForWantOfALeaderSucceedsOnceThereIsOne) {
   TestDeadline deadline(seconds(40));
-  TestCluster cluster(3);
+  TestCluster cluster(kClusterName, 3);
   ASSERT_TRUE(cluster.Start(0).ok());
   std::unique_ptr<Client> client = Connect({cluster.Endpoint(0)});
   // What n1 answers meanwhile: etcd's "no leader" (a refusal: retried).
@@ -810,7 +567,7 @@ TEST(LeaseKeeper, ReportsDeadlineExceededForALeaseItCannotRenewInTime) {
 
 TEST(LeaseKeeper, SurvivesTheStopOfTheMemberItStreamsTo) {
   TestDeadline deadline(seconds(40));
-  TestCluster cluster(3);
+  TestCluster cluster(kClusterName, 3);
   ASSERT_TRUE(cluster.StartAll().ok());
   ASSERT_TRUE(cluster.WaitForLeader());
   std::unique_ptr<Client> client = Connect(cluster.Endpoints());
@@ -960,7 +717,7 @@ TEST(Watcher, AWatchTheServerRefusesIsReportedFailedAndStops) {
 
 TEST(Watcher, ResumesAfterItsMemberStopsWithoutMissingOrRepeatingAnEvent) {
   TestDeadline deadline(seconds(40));
-  TestCluster cluster(3);
+  TestCluster cluster(kClusterName, 3);
   ASSERT_TRUE(cluster.StartAll().ok());
   ASSERT_TRUE(cluster.WaitForLeader());
   // A long first backoff: the writes below land while the watcher is away.
