@@ -166,6 +166,20 @@ server::KvServer::Reply<Response> Completion(grpc::ServerUnaryReactor* reactor,
   };
 }
 
+// A unary call served by one KvServer method on the io thread.
+template <typename Request, typename Response>
+grpc::ServerUnaryReactor* ServeUnary(
+    Shared& shared, grpc::CallbackServerContext* ctx, const Request* request, Response* out,
+    void (server::KvServer::*method)(const Request&, server::KvServer::Reply<Response>),
+    HandledCounter& counter) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  counter.Started();
+  shared.Post([&shared, request, out, method, reactor, &counter] {
+    (shared.server().*method)(*request, Completion(reactor, out, &counter));
+  });
+  return reactor;
+}
+
 // ---- bidi streams ---------------------------------------------------------------------
 //
 // A bidi stream's outbox: the io thread pushes responses, gRPC writes them one at a time.
@@ -660,41 +674,28 @@ class KvService final : public pb::KV::CallbackService {
 
   grpc::ServerUnaryReactor* Range(grpc::CallbackServerContext* ctx, const pb::RangeRequest* r,
                                   pb::RangeResponse* out) override {
-    return Serve(ctx, r, out, &server::KvServer::Range, range_);
+    return ServeUnary(shared_, ctx, r, out, &server::KvServer::Range, range_);
   }
   grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* ctx, const pb::PutRequest* r,
                                 pb::PutResponse* out) override {
-    return Serve(ctx, r, out, &server::KvServer::Put, put_);
+    return ServeUnary(shared_, ctx, r, out, &server::KvServer::Put, put_);
   }
   grpc::ServerUnaryReactor* DeleteRange(grpc::CallbackServerContext* ctx,
                                         const pb::DeleteRangeRequest* r,
                                         pb::DeleteRangeResponse* out) override {
-    return Serve(ctx, r, out, &server::KvServer::DeleteRange, delete_range_);
+    return ServeUnary(shared_, ctx, r, out, &server::KvServer::DeleteRange, delete_range_);
   }
   grpc::ServerUnaryReactor* Txn(grpc::CallbackServerContext* ctx, const pb::TxnRequest* r,
                                 pb::TxnResponse* out) override {
-    return Serve(ctx, r, out, &server::KvServer::Txn, txn_);
+    return ServeUnary(shared_, ctx, r, out, &server::KvServer::Txn, txn_);
   }
   grpc::ServerUnaryReactor* Compact(grpc::CallbackServerContext* ctx,
                                     const pb::CompactionRequest* r,
                                     pb::CompactionResponse* out) override {
-    return Serve(ctx, r, out, &server::KvServer::Compact, compact_);
+    return ServeUnary(shared_, ctx, r, out, &server::KvServer::Compact, compact_);
   }
 
  private:
-  template <typename Request, typename Response>
-  grpc::ServerUnaryReactor* Serve(
-      grpc::CallbackServerContext* ctx, const Request* request, Response* out,
-      void (server::KvServer::*method)(const Request&, server::KvServer::Reply<Response>),
-      HandledCounter& counter) {
-    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    counter.Started();
-    shared_.Post([&shared = shared_, request, out, method, reactor, &counter] {
-      (shared.server().*method)(*request, Completion(reactor, out, &counter));
-    });
-    return reactor;
-  }
-
   Shared& shared_;
   HandledCounter range_, put_, delete_range_, txn_, compact_;
 };
@@ -729,12 +730,12 @@ class LeaseService final : public pb::Lease::CallbackService {
   grpc::ServerUnaryReactor* LeaseGrant(grpc::CallbackServerContext* ctx,
                                        const pb::LeaseGrantRequest* r,
                                        pb::LeaseGrantResponse* out) override {
-    return Serve(ctx, r, out, &server::KvServer::LeaseGrant, grant_);
+    return ServeUnary(shared_, ctx, r, out, &server::KvServer::LeaseGrant, grant_);
   }
   grpc::ServerUnaryReactor* LeaseRevoke(grpc::CallbackServerContext* ctx,
                                         const pb::LeaseRevokeRequest* r,
                                         pb::LeaseRevokeResponse* out) override {
-    return Serve(ctx, r, out, &server::KvServer::LeaseRevoke, revoke_);
+    return ServeUnary(shared_, ctx, r, out, &server::KvServer::LeaseRevoke, revoke_);
   }
   grpc::ServerUnaryReactor* LeaseTimeToLive(grpc::CallbackServerContext* ctx,
                                             const pb::LeaseTimeToLiveRequest* r,
@@ -801,19 +802,6 @@ class LeaseService final : public pb::Lease::CallbackService {
   }
 
  private:
-  template <typename Request, typename Response>
-  grpc::ServerUnaryReactor* Serve(
-      grpc::CallbackServerContext* ctx, const Request* request, Response* out,
-      void (server::KvServer::*method)(const Request&, server::KvServer::Reply<Response>),
-      HandledCounter& counter) {
-    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    counter.Started();
-    shared_.Post([&shared = shared_, request, out, method, reactor, &counter] {
-      (shared.server().*method)(*request, Completion(reactor, out, &counter));
-    });
-    return reactor;
-  }
-
   Shared& shared_;
   HandledCounter grant_, revoke_, keepalive_, ttl_, leases_;
 };
