@@ -273,7 +273,11 @@ class EtcdctlStream:
         env = dict(os.environ, ETCDCTL_API="3")
         if env_extra:
             env.update(env_extra)
-        self.cmd = [ETCDCTL, "--endpoints=" + ",".join(endpoints), *args]
+        self._start([ETCDCTL, "--endpoints=" + ",".join(endpoints), *args], env)
+
+    def _start(self, cmd, env):
+        """Starts `cmd` with pumps for its stdout lines and its stderr."""
+        self.cmd = [str(a) for a in cmd]
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=env,
                                      start_new_session=True)
@@ -400,17 +404,8 @@ class ProcessStream(EtcdctlStream):
     """Any long-running command (a registrar, a discover --watch) read line by line:
     EtcdctlStream's deadline reads and stop(), for a command line given whole."""
 
-    def __init__(self, cmd, env=None):
-        self.cmd = [str(a) for a in cmd]
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env,
-                                     start_new_session=True)
-        self._lines = queue.Queue()
-        self._stderr = []
-        self._threads = [threading.Thread(target=self._pump_stdout, daemon=True),
-                         threading.Thread(target=self._pump_stderr, daemon=True)]
-        for t in self._threads:
-            t.start()
+    def __init__(self, cmd, env=None):  # pylint: disable=super-init-not-called
+        self._start(cmd, env)
 
     def signal(self, sig):
         """Sends `sig` if the process still runs."""
