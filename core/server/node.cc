@@ -84,6 +84,7 @@ Node::Node(NodeConfig config, Env& env, StateMachine& state_machine)
 
 Node::~Node() {
   if (tick_timer_ != 0) env_.CancelTimer(tick_timer_);
+  if (flush_timer_ != 0) env_.CancelTimer(flush_timer_);
 }
 
 absl::Status Node::Start() {
@@ -252,13 +253,8 @@ void Node::DisarmAlarm(NodeId member, Done done) {
 }
 
 void Node::ProposeEntry(uint64_t id, std::string entry) {
-  std::vector<std::string> data;
-  data.push_back(std::move(entry));
-  if (absl::Status st = raft_->Propose(std::move(data)); !st.ok()) {
-    Finish(id, st);
-    return;
-  }
-  ProcessReady();
+  proposals_.emplace_back(id, std::move(entry));
+  ScheduleFlush();
 }
 
 void Node::Read(Done done) {
@@ -266,12 +262,61 @@ void Node::Read(Done done) {
   if (pending_.size() >= config_.pending_requests_max) {
     return done(absl::ResourceExhaustedError("too many pending requests"));
   }
-  const uint64_t id = AddPending([done = std::move(done)](absl::Status st, std::any) { done(std::move(st)); });
-  if (absl::Status st = raft_->ReadIndex(Frame(id, EntryKind::kCommand, "")); !st.ok()) {
-    Finish(id, st);
-    return;
+  reads_.push_back(AddPending([done = std::move(done)](absl::Status st, std::any) { done(std::move(st)); }));
+  ScheduleFlush();
+}
+
+void Node::ScheduleFlush() {
+  if (flush_timer_ == 0) flush_timer_ = env_.SetTimer(Nanos(0), [this] { FlushRequests(); });
+}
+
+void Node::FlushRequests() {
+  flush_timer_ = 0;
+  if (stopped_) return;  // FailStop answered them all
+  // Proposals: as few Raft proposals as fit in request_bytes_max each (a follower
+  // forwards each as one message), all in the Ready below: one append, one Sync.
+  std::vector<std::pair<uint64_t, std::string>> proposals;
+  proposals.swap(proposals_);
+  for (size_t begin = 0; begin < proposals.size();) {
+    std::vector<std::string> data;
+    size_t bytes = 0;
+    size_t end = begin;
+    while (end < proposals.size() &&
+           (data.empty() || bytes + proposals[end].second.size() <= config_.request_bytes_max)) {
+      bytes += proposals[end].second.size();
+      data.push_back(std::move(proposals[end].second));
+      ++end;
+    }
+    if (absl::Status st = raft_->Propose(std::move(data)); !st.ok()) {
+      for (size_t k = begin; k < end; ++k) Finish(proposals[k].first, st);
+    }
+    begin = end;
+  }
+  // Reads: one ReadIndex for the batch; its read point is at or after every read's
+  // arrival, which is all linearizability asks of each.
+  if (!reads_.empty()) {
+    std::vector<uint64_t> reads;
+    reads.swap(reads_);
+    const uint64_t context = reads.front();
+    if (absl::Status st = raft_->ReadIndex(Frame(context, EntryKind::kCommand, "")); !st.ok()) {
+      for (uint64_t id : reads) Finish(id, st);
+    } else {
+      read_batches_.emplace(context, std::move(reads));
+      read_batch_order_.push_back(context);
+    }
   }
   ProcessReady();
+}
+
+void Node::ForgetAnsweredReadBatches() {
+  // A batch whose ReadIndex is never answered (its leader lost office) leaves once its
+  // newest read has timed out; deadlines are in arrival order, so the rest did too.
+  while (!read_batch_order_.empty()) {
+    auto it = read_batches_.find(read_batch_order_.front());
+    if (it != read_batches_.end() && pending_.contains(it->second.back())) return;
+    if (it != read_batches_.end()) read_batches_.erase(it);
+    read_batch_order_.pop_front();
+  }
 }
 
 absl::Status Node::TransferLeadership(NodeId to) {
@@ -296,6 +341,7 @@ void Node::ExpireRequests() {
     deadlines_.pop_front();
     Finish(id, absl::DeadlineExceededError("request timed out"));
   }
+  ForgetAnsweredReadBatches();
 }
 
 void Node::ProcessReady() {
@@ -313,7 +359,12 @@ void Node::ProcessReady() {
       EntryKind kind;
       std::string_view rest;
       if (!Unframe(rs.context, &id, &kind, &rest)) continue;
-      if (pending_.contains(id)) confirmed_reads_.emplace(rs.index, id);
+      auto batch = read_batches_.find(id);
+      if (batch == read_batches_.end()) continue;  // timed out, or from before a restart
+      for (uint64_t read : batch->second) {
+        if (pending_.contains(read)) confirmed_reads_.emplace(rs.index, read);
+      }
+      read_batches_.erase(batch);  // its place in read_batch_order_ goes at the next tick
     }
     raft_->Advance(rd);
     MaybeSnapshot();
@@ -505,6 +556,10 @@ void Node::FailStop(const absl::Status& status, std::string_view what) {
   pending.swap(pending_);
   deadlines_.clear();
   confirmed_reads_.clear();
+  proposals_.clear();
+  reads_.clear();
+  read_batches_.clear();
+  read_batch_order_.clear();
   for (auto& [id, p] : pending) {
     p.done(absl::DeadlineExceededError("node stopped after a storage failure"), {});
   }

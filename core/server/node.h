@@ -3,6 +3,13 @@
 // the Env: it ticks Raft on a timer, turns Ready into storage writes (one Sync per
 // Ready: group commit), messages and applied commands, and answers clients.
 //
+// Batching: requests are not handed to Raft one by one. Proposals and linearizable reads
+// made in one turn of the host's event loop are collected and flushed together by a
+// zero-delay timer: the proposals as one Raft proposal (one append, one message per
+// follower, one Sync), the reads as one ReadIndex (one heartbeat round) whose read point
+// serves them all. Under load, the requests that arrive while a Sync runs form the next
+// batch: group commit across clients, as etcd's raft loop does.
+//
 // Client requests: Propose() appends a command through Raft and reports once this node
 // has applied it; Read() confirms a linearizable read point via ReadIndex and reports
 // once the state machine has caught up to it. Every request ends exactly once: OK,
@@ -106,6 +113,9 @@ class Node {
   absl::Status ApplyNodeCommand(std::string_view payload);
   void CheckSpace();
   void ProposeEntry(uint64_t id, std::string entry);
+  void ScheduleFlush();
+  void FlushRequests();
+  void ForgetAnsweredReadBatches();
   std::string WrapSnapshot(std::string state_machine_snapshot) const;
   absl::Status RestoreSnapshot(const raft::Snapshot& snapshot);
   bool AcceptableSnapshot(const raft::Message& m) const;
@@ -132,6 +142,16 @@ class Node {
   std::map<uint64_t, Pending> pending_;               // by request id
   std::deque<std::pair<Nanos, uint64_t>> deadlines_;  // FIFO: timeouts are uniform
   std::multimap<LogIndex, uint64_t> confirmed_reads_;  // read point -> request id
+
+  // Collected until the next flush (all pending, so bounded by pending_requests_max).
+  std::vector<std::pair<uint64_t, std::string>> proposals_;  // request id, framed entry
+  std::vector<uint64_t> reads_;                               // request ids
+  TimerId flush_timer_ = 0;
+  // Read batches waiting for their read point, by ReadIndex context (the id of the
+  // batch's first read: random, so a late answer from before a restart matches nothing),
+  // and in the order they were asked (their deadlines are in the same order).
+  std::map<uint64_t, std::vector<uint64_t>> read_batches_;
+  std::deque<uint64_t> read_batch_order_;
 
   SnapshotSender snapshot_sender_;
   SnapshotReceiver snapshot_receiver_;

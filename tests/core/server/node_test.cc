@@ -188,6 +188,9 @@ class FakeEnv : public Env {
     now_ = target;
   }
   void Ticks(int n) { AdvanceBy(Millis(100) * n); }
+  // Runs what is due now without moving the clock: the node's zero-delay request flush
+  // (node.h, "Batching"), as the host's event loop would in its next turn.
+  void RunDue() { AdvanceBy(Nanos(0)); }
   size_t timer_count() const { return timers_.size(); }
 
   // Every message sent, decoded (the node only sends what it encoded itself).
@@ -346,6 +349,7 @@ TEST(NodePropose, SingleNodeLeaderCompletesAProposalOnceTheRegisterAppliedIt) {
     ++out.calls;
     out.status = std::move(st);
   });
+  n.env.RunDue();
 
   EXPECT_EQ(out.calls, 1);
   EXPECT_TRUE(out.status.ok()) << out.status;
@@ -362,6 +366,7 @@ TEST(NodePropose, SingleNodeLeaderAppliesProposalsInTheOrderProposed) {
   SingleNode n;
   std::vector<Outcome> outs(5);
   for (int k = 0; k < 5; ++k) n.node.Propose(absl::StrCat("v", k), Capture(&outs[k]));
+  n.env.RunDue();
 
   ASSERT_EQ(n.reg.values().size(), 5u);
   for (int k = 0; k < 5; ++k) {
@@ -383,6 +388,7 @@ TEST(NodePropose, ProposalIsReportedOnlyAfterItsEntryIsSynced) {
       entry_written_when_done |= e.data.ends_with("durable");
     }
   });
+  n.env.RunDue();
   EXPECT_TRUE(entry_written_when_done);
   // The entry's append was synced before the reply; the commit index that followed is
   // only staged (a crash may lose it: the leader tells the node again).
@@ -419,6 +425,7 @@ TEST(NodeGroupCommit, OneProposalOnASingleNodeLeaderSyncsOncePerReady) {
   const int syncs_before = n.storage.sync_count;
   Outcome out;
   n.node.Propose("x", Capture(&out));
+  n.env.RunDue();
   ASSERT_TRUE(out.status.ok());
 
   // Two Readies: the entry, synced (then it counts toward the quorum and commits), then
@@ -442,6 +449,7 @@ TEST(NodeRead, ReadOnASingleNodeLeaderCompletesOkWithoutTouchingTheDisk) {
   SingleNode n;
   Outcome w;
   n.node.Propose("before the read", Capture(&w));
+  n.env.RunDue();
   ASSERT_TRUE(w.status.ok());
   n.storage.ops.clear();
 
@@ -452,6 +460,7 @@ TEST(NodeRead, ReadOnASingleNodeLeaderCompletesOkWithoutTouchingTheDisk) {
     ++r.calls;
     r.status = std::move(st);
   });
+  n.env.RunDue();
 
   EXPECT_EQ(r.calls, 1);
   EXPECT_TRUE(r.status.ok()) << r.status;
@@ -465,6 +474,7 @@ TEST_F(LonelyFollower, ReadOnAFollowerWithNoKnownLeaderIsUnavailableAtOnce) {
 
   Outcome r;
   node.Read(Capture(&r));
+  env.RunDue();
   EXPECT_EQ(r.calls, 1);
   EXPECT_TRUE(absl::IsUnavailable(r.status)) << r.status;
   EXPECT_TRUE(env.sent.empty());
@@ -476,6 +486,7 @@ TEST_F(LonelyFollower, FollowerWithNoKnownLeaderRefusesAProposalAtOnceAsUnavaila
 
   Outcome out;
   node.Propose("x", Capture(&out));
+  env.RunDue();
 
   EXPECT_EQ(out.calls, 1);
   EXPECT_TRUE(absl::IsUnavailable(out.status)) << out.status;
@@ -496,6 +507,7 @@ TEST_F(LonelyFollower, FollowerForwardsAProposalToTheLeaderItHeardAHeartbeatFrom
 
   Outcome out;
   node.Propose("forwarded", Capture(&out));
+  env.RunDue();
 
   EXPECT_EQ(out.calls, 0);  // undecided until applied or timed out
   const std::vector<Message> sent = env.SentMessages();
@@ -514,6 +526,7 @@ TEST_F(LonelyFollower, UndecidedForwardedProposalEndsWithDeadlineExceededAfterTh
   Outcome propose;
   Outcome read;
   node.Propose("lost", Capture(&propose));
+  env.RunDue();
   node.Read(Capture(&read));  // forwarded as a ReadIndex, never answered either
   ASSERT_EQ(propose.calls, 0);
   ASSERT_EQ(read.calls, 0);
@@ -550,6 +563,8 @@ TEST(NodeRequestTimeout, PendingRequestsAreLimitedAndTheLimitIsAnError) {
   node.Propose("a", Capture(&a));
   node.Read(Capture(&b));
   node.Propose("c", Capture(&c));
+  EXPECT_EQ(c.calls, 1);  // refused at once, before the batch is flushed
+  env.RunDue();
 
   EXPECT_EQ(a.calls, 0);
   EXPECT_EQ(b.calls, 0);
@@ -601,6 +616,7 @@ TEST(NodeFailStop, SyncErrorStopsTheNodeLogsAnErrorAndIgnoresEverythingAfter) {
   n.storage.fail_next_sync = absl::DataLossError("fsync: EIO");
   Outcome first;
   n.node.Propose("never applied", Capture(&first));
+  n.env.RunDue();
 
   EXPECT_TRUE(n.node.stopped());
   EXPECT_TRUE(n.reg.values().empty());  // nothing is applied after a failed sync
@@ -620,10 +636,12 @@ TEST(NodeFailStop, SyncErrorStopsTheNodeLogsAnErrorAndIgnoresEverythingAfter) {
 
   Outcome later;
   n.node.Propose("after the failure", Capture(&later));
+  n.env.RunDue();
   EXPECT_EQ(later.calls, 1);
   EXPECT_TRUE(absl::IsUnavailable(later.status)) << later.status;
   Outcome read;
   n.node.Read(Capture(&read));
+  n.env.RunDue();
   EXPECT_EQ(read.calls, 1);
   EXPECT_TRUE(absl::IsUnavailable(read.status)) << read.status;
   EXPECT_TRUE(absl::IsUnavailable(n.node.TransferLeadership(NodeId(1))));
@@ -646,6 +664,7 @@ TEST(NodeFailStop, AppendErrorStopsTheNodeBeforeItSyncsOrApplies) {
   n.storage.fail_next_append = absl::InternalError("write: ENOSPC");
   Outcome out;
   n.node.Propose("x", Capture(&out));
+  n.env.RunDue();
 
   EXPECT_TRUE(n.node.stopped());
   EXPECT_EQ(n.storage.ops, std::vector<MemStorage::Op>{MemStorage::Op::kAppend});
@@ -661,6 +680,7 @@ TEST(NodeFailStop, RequestPendingWhenTheNodeFailStopsStillEndsAsIndeterminate) {
   n.storage.fail_next_sync = absl::DataLossError("fsync: EIO");
   Outcome out;
   n.node.Propose("in flight", Capture(&out));
+  n.env.RunDue();
   ASSERT_TRUE(n.node.stopped());
 
   n.env.Ticks(100);  // well past request_timeout
@@ -675,6 +695,7 @@ TEST(NodeStart, LoadErrorLeavesTheNodeStoppedWithNoTimer) {
   n.ExpectStartFailsWithDataLoss();
   Outcome out;
   n.node.Propose("x", Capture(&out));
+  n.env.RunDue();
   EXPECT_TRUE(absl::IsUnavailable(out.status));
 }
 
@@ -704,10 +725,11 @@ NodeConfig SnapshottingConfig() {
 }
 
 // Index 1 is the leader's no-op; proposals k = 0..11 land at indexes 2..13.
-void ProposeTwelve(Node& node, const Register& reg) {
+void ProposeTwelve(Node& node, FakeEnv& env, const Register& reg) {
   for (int k = 0; k < 12; ++k) {
     Outcome out;
     node.Propose(absl::StrCat("value-", k), Capture(&out));
+    env.RunDue();
     ASSERT_TRUE(out.status.ok()) << k << ": " << out.status;
   }
   ASSERT_EQ(reg.values().size(), 12u);
@@ -715,7 +737,7 @@ void ProposeTwelve(Node& node, const Register& reg) {
 
 TEST(NodeSnapshot, TakesASnapshotEverySnapshotEntriesAndKeepsCatchupEntries) {
   SingleNode n(SnapshottingConfig());
-  ProposeTwelve(n.node, n.reg);
+  ProposeTwelve(n.node, n.env, n.reg);
 
   // Applied reaches 5 and 10: a snapshot each, then compaction through applied - 2.
   EXPECT_EQ(n.storage.save_snapshot_count, 2);
@@ -743,7 +765,7 @@ TEST(NodeSnapshot, TakesASnapshotEverySnapshotEntriesAndKeepsCatchupEntries) {
 TEST(NodeSnapshot, CompactionIsWrittenRightAfterTheSnapshotThatCoversItAndThenSynced) {
   SingleNode n(SnapshottingConfig());
   n.storage.ops.clear();
-  ProposeTwelve(n.node, n.reg);
+  ProposeTwelve(n.node, n.env, n.reg);
 
   using Op = MemStorage::Op;
   const std::vector<Op>& ops = n.storage.ops;
@@ -766,7 +788,7 @@ TEST(NodeSnapshot, RestartRestoresTheRegisterFromTheSnapshotThenAppliesTheRestOf
   {
     NodeOn first(storage, SnapshottingConfig());
     ASSERT_NO_FATAL_FAILURE(first.StartAndLead());
-    ProposeTwelve(first.node, first.reg);
+    ProposeTwelve(first.node, first.env, first.reg);
     before = first.reg.values();
   }  // the node, its Env and its Register are gone; the storage stays
   ASSERT_EQ(storage.save_snapshot_count, 2);
@@ -800,6 +822,7 @@ TEST(NodeSnapshot, RestartRestoresTheRegisterFromTheSnapshotThenAppliesTheRestOf
   ASSERT_EQ(node.raft().role(), Role::kLeader);
   Outcome out;
   node.Propose("after restart", Capture(&out));
+  env.RunDue();
   ASSERT_TRUE(out.status.ok()) << out.status;
   ASSERT_EQ(reg.values().size(), before.size() + 1);
   EXPECT_EQ(reg.values().back().data, "after restart");
@@ -820,6 +843,7 @@ TEST(NodeRequests, ADoneCallbackMayIssueTheNextRequest) {
   n.node.Propose("first", [&](absl::Status st) {
     n.node.Propose("second", Capture(&second));
   });
+  n.env.RunDue();  // the first; its callback proposes the second, flushed in turn
   EXPECT_EQ(second.calls, 1);
 }
 
@@ -845,6 +869,7 @@ TEST(NodeRequests, ARequestOverTheSizeLimitIsRefusedAndNothingIsProposed) {
   SingleNode n;
   Outcome big;
   n.node.Propose(std::string(n.node.config().request_bytes_max + 1, 'x'), Capture(&big));
+  n.env.RunDue();
   EXPECT_EQ(big.calls, 1);
   EXPECT_TRUE(absl::IsInvalidArgument(big.status)) << big.status;
 }
@@ -977,6 +1002,7 @@ TEST(NodeNoSpace, UnderTheAlarmAWriteIsRefusedAtOnceAndChangesNothingButReadsAre
   SingleNode n;
   Outcome before;
   n.node.Propose("before", Capture(&before));
+  n.env.RunDue();
   ASSERT_TRUE(before.status.ok());
   n.storage.available_bytes = 0;
   n.env.Ticks(1);
@@ -986,6 +1012,7 @@ TEST(NodeNoSpace, UnderTheAlarmAWriteIsRefusedAtOnceAndChangesNothingButReadsAre
 
   Outcome write;
   n.node.Propose("refused", Capture(&write));
+  n.env.RunDue();
 
   EXPECT_EQ(write.calls, 1);
   EXPECT_EQ(write.status, NoSpaceError());
@@ -997,6 +1024,7 @@ TEST(NodeNoSpace, UnderTheAlarmAWriteIsRefusedAtOnceAndChangesNothingButReadsAre
 
   Outcome read;
   n.node.Read(Capture(&read));
+  n.env.RunDue();
   EXPECT_EQ(read.calls, 1);
   EXPECT_TRUE(read.status.ok()) << read.status;
 
@@ -1016,6 +1044,7 @@ TEST(NodeNoSpace, DisarmingTheAlarmWithSpaceBackLetsWritesThroughAgain) {
 
   Outcome disarm;
   n.node.DisarmAlarm(NodeId(1), Capture(&disarm));
+  n.env.RunDue();
   EXPECT_EQ(disarm.calls, 1);
   EXPECT_TRUE(disarm.status.ok()) << disarm.status;
   EXPECT_EQ(n.node.nospace_alarms(), kNoAlarm);
@@ -1023,6 +1052,7 @@ TEST(NodeNoSpace, DisarmingTheAlarmWithSpaceBackLetsWritesThroughAgain) {
 
   Outcome write;
   n.node.Propose("after the disarm", Capture(&write));
+  n.env.RunDue();
   EXPECT_TRUE(write.status.ok()) << write.status;
   ASSERT_EQ(n.reg.values().size(), 1u);
   EXPECT_EQ(n.reg.values()[0].data, "after the disarm");
@@ -1039,6 +1069,7 @@ TEST(NodeNoSpace, DisarmingWhileStillShortOfSpaceRaisesTheAlarmAgainAtTheNextTic
 
   Outcome disarm;
   n.node.DisarmAlarm(NodeId(1), Capture(&disarm));
+  n.env.RunDue();
   ASSERT_TRUE(disarm.status.ok()) << disarm.status;
   ASSERT_EQ(n.node.nospace_alarms(), kNoAlarm);
 
@@ -1046,6 +1077,7 @@ TEST(NodeNoSpace, DisarmingWhileStillShortOfSpaceRaisesTheAlarmAgainAtTheNextTic
   EXPECT_EQ(n.node.nospace_alarms(), std::set<NodeId>{NodeId(1)});
   Outcome write;
   n.node.Propose("refused", Capture(&write));
+  n.env.RunDue();
   EXPECT_EQ(write.status, NoSpaceError());
   EXPECT_TRUE(n.reg.values().empty());
 }
@@ -1056,6 +1088,7 @@ TEST(NodeNoSpace, DisarmingAnotherMembersAlarmLeavesThisOne) {
   n.env.Ticks(1);
   Outcome disarm;
   n.node.DisarmAlarm(NodeId(7), Capture(&disarm));
+  n.env.RunDue();
   EXPECT_TRUE(disarm.status.ok()) << disarm.status;  // nothing to clear is not an error
   EXPECT_EQ(n.node.nospace_alarms(), std::set<NodeId>{NodeId(1)});
 }
@@ -1068,6 +1101,7 @@ TEST(NodeNoSpace, TheAlarmIsInTheSnapshotAndARestartRestoresIt) {
     for (int k = 0; k < 3; ++k) {  // indexes 2..4, after the no-op at 1
       Outcome out;
       first.node.Propose(absl::StrCat("v", k), Capture(&out));
+      first.env.RunDue();
       ASSERT_TRUE(out.status.ok()) << out.status;
     }
     ASSERT_EQ(storage.save_snapshot_count, 0);
@@ -1096,12 +1130,15 @@ TEST(NodeNoSpace, TheAlarmIsInTheSnapshotAndARestartRestoresIt) {
   ASSERT_EQ(node.raft().role(), Role::kLeader);
   Outcome refused;
   node.Propose("refused", Capture(&refused));
+  restarted.env.RunDue();
   EXPECT_EQ(refused.status, NoSpaceError());
   Outcome disarm;
   node.DisarmAlarm(NodeId(1), Capture(&disarm));
+  restarted.env.RunDue();
   ASSERT_TRUE(disarm.status.ok()) << disarm.status;
   Outcome write;
   node.Propose("accepted", Capture(&write));
+  restarted.env.RunDue();
   EXPECT_TRUE(write.status.ok()) << write.status;
   EXPECT_EQ(reg.values().back().data, "accepted");
 }
@@ -1139,6 +1176,7 @@ TEST_F(LonelyFollower, AWriteAlreadyInTheLogWhenTheAlarmAppliesIsRejectedAtApply
   env.sent.clear();
   Outcome write;
   node.Propose("in flight", Capture(&write));
+  env.RunDue();
   const std::string forwarded = ForwardedProposal(env);
   ASSERT_TRUE(forwarded.ends_with("in flight"));
 
@@ -1155,6 +1193,7 @@ TEST_F(LonelyFollower, AWriteAlreadyInTheLogWhenTheAlarmAppliesIsRejectedAtApply
   Outcome next;  // and the next one is refused before it is proposed
   env.sent.clear();
   node.Propose("next", Capture(&next));
+  env.RunDue();
   EXPECT_EQ(next.status, NoSpaceError());
   EXPECT_TRUE(env.sent.empty());
 }
@@ -1221,6 +1260,7 @@ TEST_F(LonelyFollower, AFollowerSyncsNewEntriesButNotACommitIndexAlone) {
 TEST_F(LonelyFollower, DisarmAlarmWithNoKnownLeaderIsUnavailableAtOnce) {
   Outcome disarm;
   node.DisarmAlarm(NodeId(3), Capture(&disarm));
+  env.RunDue();
   EXPECT_EQ(disarm.calls, 1);
   EXPECT_TRUE(absl::IsUnavailable(disarm.status)) << disarm.status;
   EXPECT_TRUE(env.sent.empty());
@@ -1240,6 +1280,7 @@ TEST_F(LonelyFollower, ASnapshotFromThePeerRestoresItsAlarms) {
 
   Outcome write;
   node.Propose("refused", Capture(&write));
+  env.RunDue();
   EXPECT_EQ(write.status, NoSpaceError());
 
   // A later snapshot without alarms clears them.
@@ -1315,6 +1356,7 @@ TEST_F(LonelyFollower, ADuplicateOfARequestRefusedInsideASnapshotIsNotReportedAs
   env.sent.clear();
   Outcome write;
   node.Propose("duplicated", Capture(&write));
+  env.RunDue();
   const std::string forwarded = ForwardedProposal(env);
   ASSERT_GE(forwarded.size(), 9u);
   const uint64_t request_id = GetU64(forwarded);
@@ -1532,6 +1574,7 @@ struct LeaderWithALaggingPeer {
     ASSERT_EQ(node.raft().role(), Role::kLeader);
     std::vector<Outcome> outs(6);
     for (int k = 0; k < 6; ++k) node.Propose(absl::StrCat("value-", k), Capture(&outs[k]));
+    leader.env.RunDue();
     Message ack = PeerMessage(MessageType::kAppendResponse, 2, 1, 1);
     ack.index = node.raft().log().LastIndex();
     ASSERT_EQ(ack.index, LogIndex(7));
@@ -1737,6 +1780,161 @@ TEST_F(LonelyFollower, ChunksFromANodeOutsideTheClusterAreDroppedUnacked) {
   from_stranger.from = NodeId(9);
   node.Receive(raft::EncodeMessage(from_stranger));
   EXPECT_TRUE(env.sent.empty()) << "a stream from node 9 was taken and acked";
+}
+
+}  // namespace
+}  // namespace keel::server
+
+namespace keel::server {
+namespace {
+
+// ---- batching (node.h): the requests of one event-loop turn share one flush ----------
+
+// A three-node leader at term 1 (node 2 voted for it), its no-op not yet acknowledged.
+NodeConfig ThreeNodeConfig() {
+  NodeConfig c = Config({1, 2, 3});
+  c.raft.pre_vote = false;  // one vote round to elect node 1
+  return c;
+}
+
+struct ThreeNodeLeader {
+  ThreeNodeLeader() : env(storage, 1), node(ThreeNodeConfig(), env, reg) {
+    EXPECT_TRUE(node.Start().ok());
+    for (int k = 0; k < 30 && node.raft().role() != Role::kCandidate; ++k) env.Ticks(1);
+    node.Receive(raft::EncodeMessage(PeerMessage(MessageType::kVoteResponse, 2, 1, 1)));
+    EXPECT_EQ(node.raft().role(), Role::kLeader);
+  }
+  // Node `from` acknowledges the whole log: the leader commits it.
+  void Acknowledge(uint64_t from) {
+    Message ack = PeerMessage(MessageType::kAppendResponse, from, 1, 1);
+    ack.index = node.raft().log().LastIndex();
+    node.Receive(raft::EncodeMessage(ack));
+  }
+  std::vector<Message> SentOfType(MessageType type) const {
+    std::vector<Message> out;
+    for (Message& m : env.SentMessages()) {
+      if (m.type == type) out.push_back(std::move(m));
+    }
+    return out;
+  }
+  MemStorage storage;
+  FakeEnv env;
+  Register reg;
+  Node node;
+};
+
+TEST(NodeBatching, ProposalsOfOneTurnShareOneAppendOneSyncAndOneMessagePerFollower) {
+  ThreeNodeLeader n;
+  n.Acknowledge(2);
+  n.Acknowledge(3);  // both followers replicating (not probing): each gets appends
+  n.storage.ops.clear();
+  n.env.sent.clear();
+  const int syncs_before = n.storage.sync_count;
+
+  std::vector<Outcome> outs(5);
+  for (int k = 0; k < 5; ++k) n.node.Propose(absl::StrCat("v", k), Capture(&outs[k]));
+  EXPECT_TRUE(n.storage.ops.empty());  // nothing before the flush
+  n.env.RunDue();
+
+  using Op = MemStorage::Op;
+  EXPECT_EQ(n.storage.sync_count - syncs_before, 1);
+  EXPECT_EQ(n.storage.ops, (std::vector<Op>{Op::kAppend, Op::kSync}));
+  const std::vector<Message> appends = n.SentOfType(MessageType::kAppend);
+  ASSERT_EQ(appends.size(), 2u);  // one to each follower, all five entries in it
+  for (const Message& m : appends) {
+    ASSERT_EQ(m.entries.size(), 5u);
+    for (int k = 0; k < 5; ++k) EXPECT_TRUE(m.entries[k].data.ends_with(absl::StrCat("v", k)));
+  }
+
+  n.Acknowledge(2);
+  for (int k = 0; k < 5; ++k) {
+    EXPECT_EQ(outs[k].calls, 1);
+    EXPECT_TRUE(outs[k].status.ok()) << k << ": " << outs[k].status;
+    EXPECT_EQ(n.reg.values()[k].data, absl::StrCat("v", k));  // in the order proposed
+  }
+}
+
+TEST(NodeBatching, ReadsOfOneTurnShareOneReadIndexAndOneHeartbeatRound) {
+  ThreeNodeLeader n;
+  n.Acknowledge(2);  // the no-op commits: the leader may serve reads
+  n.env.sent.clear();
+
+  std::vector<Outcome> reads(4);
+  for (Outcome& r : reads) n.node.Read(Capture(&r));
+  n.env.RunDue();
+  const std::vector<Message> heartbeats = n.SentOfType(MessageType::kHeartbeat);
+  ASSERT_EQ(heartbeats.size(), 2u);  // one round, to each follower, for all four
+  EXPECT_EQ(heartbeats[0].context, heartbeats[1].context);
+  EXPECT_FALSE(heartbeats[0].context.empty());
+  for (const Outcome& r : reads) EXPECT_EQ(r.calls, 0);  // not before a quorum answers
+
+  Message answer = PeerMessage(MessageType::kHeartbeatResponse, 3, 1, 1);
+  answer.context = heartbeats[0].context;
+  n.node.Receive(raft::EncodeMessage(answer));
+  for (const Outcome& r : reads) {
+    EXPECT_EQ(r.calls, 1);
+    EXPECT_TRUE(r.status.ok()) << r.status;
+  }
+  n.node.Receive(raft::EncodeMessage(answer));  // a repeated answer ends nothing twice
+  for (const Outcome& r : reads) EXPECT_EQ(r.calls, 1);
+}
+
+TEST_F(LonelyFollower, AFollowerForwardsTheRequestsOfOneTurnAsOneProposalAndOneReadIndex) {
+  node.Receive(Heartbeat(2, 1));
+  env.sent.clear();
+  std::vector<Outcome> writes(3), reads(3);
+  for (int k = 0; k < 3; ++k) {
+    node.Propose(absl::StrCat("w", k), Capture(&writes[k]));
+    node.Read(Capture(&reads[k]));
+  }
+  env.RunDue();
+  const std::vector<Message> sent = env.SentMessages();
+  ASSERT_EQ(sent.size(), 2u);
+  EXPECT_EQ(sent[0].type, MessageType::kPropose);
+  ASSERT_EQ(sent[0].entries.size(), 3u);
+  for (int k = 0; k < 3; ++k) EXPECT_TRUE(sent[0].entries[k].data.ends_with(absl::StrCat("w", k)));
+  EXPECT_EQ(sent[1].type, MessageType::kReadIndex);
+}
+
+TEST(NodeBatching, AFlushSplitsProposalsSoThatNoForwardedMessageExceedsTheRequestLimit) {
+  MemStorage storage;
+  FakeEnv env(storage, 1);
+  Register reg;
+  NodeConfig config = Config({1, 2, 3});
+  config.request_bytes_max = 1000;
+  Node node(config, env, reg);
+  ASSERT_TRUE(node.Start().ok());
+  node.Receive(Heartbeat(2, 1));
+  env.sent.clear();
+
+  std::vector<Outcome> outs(5);
+  for (Outcome& out : outs) node.Propose(std::string(400, 'x'), Capture(&out));  // 409 framed
+  env.RunDue();
+  std::vector<size_t> sizes;
+  for (const Message& m : env.SentMessages()) {
+    ASSERT_EQ(m.type, MessageType::kPropose);
+    sizes.push_back(m.entries.size());
+  }
+  EXPECT_EQ(sizes, (std::vector<size_t>{2, 2, 1}));
+}
+
+TEST(NodeBatching, AReadBatchNeverAnsweredTimesOutOnceAndALateAnswerEndsNothing) {
+  ThreeNodeLeader n;
+  n.Acknowledge(2);
+  n.env.sent.clear();
+  Outcome read;
+  n.node.Read(Capture(&read));
+  n.env.RunDue();
+  const std::vector<Message> heartbeats = n.SentOfType(MessageType::kHeartbeat);
+  ASSERT_FALSE(heartbeats.empty());
+
+  n.env.AdvanceBy(n.node.config().request_timeout + n.node.config().tick_interval);
+  EXPECT_EQ(read.calls, 1);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(read.status)) << read.status;
+  Message late = PeerMessage(MessageType::kHeartbeatResponse, 3, 1, 1);
+  late.context = heartbeats[0].context;
+  n.node.Receive(raft::EncodeMessage(late));
+  EXPECT_EQ(read.calls, 1);
 }
 
 }  // namespace
