@@ -4,7 +4,9 @@
 #include <atomic>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <set>
+#include <unordered_map>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -182,6 +184,35 @@ grpc::ServerUnaryReactor* ServeUnary(
 
 // ---- bidi streams ---------------------------------------------------------------------
 //
+// Coalescing: while a write is in flight, responses queue; a watch's event response may
+// be merged into the same watch's last queued, unsent one, so that a busy stream writes
+// a few large responses instead of one per applied batch (etcd's watch batches in its
+// send loop likewise). A watcher's events stay in revision order: they only ever join
+// the latest queued response of that watcher, and no merge crosses a control response
+// (created, canceled, progress), which could promise a revision.
+template <typename Response>
+struct Coalescing {
+  static std::optional<int64_t> Key(const Response&) { return std::nullopt; }
+  static void Merge(Response&, Response&&) {}
+};
+
+template <>
+struct Coalescing<pb::WatchResponse> {
+  // The watch whose events `r` carries, if it carries nothing else.
+  static std::optional<int64_t> Key(const pb::WatchResponse& r) {
+    if (r.created() || r.canceled() || r.events_size() == 0 || r.compact_revision() != 0 ||
+        r.fragment()) {
+      return std::nullopt;
+    }
+    return r.watch_id();
+  }
+  // Requires: Key(into) == Key(more), `more` the later: its events follow, its header wins.
+  static void Merge(pb::WatchResponse& into, pb::WatchResponse&& more) {
+    for (mvccpb::Event& e : *more.mutable_events()) into.mutable_events()->Add(std::move(e));
+    *into.mutable_header() = std::move(*more.mutable_header());
+  }
+};
+//
 // A bidi stream's outbox: the io thread pushes responses, gRPC writes them one at a time.
 // The reactor is deleted in OnDone, which gRPC calls only after Finish and after every
 // operation completed; Finish is called only when no write is in flight, so a push that
@@ -198,10 +229,17 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
     counter_.Started();
   }
 
+  struct Queued {
+    Response response;
+    size_t bytes;  // its size when queued (merges add theirs)
+  };
   struct Outbox {
     std::mutex mu;
     BidiStream* reactor = nullptr;  // null once done
-    std::deque<Response> queue;     // front() is being written while `writing`
+    std::deque<Queued> queue;       // front() is being written while `writing`
+    uint64_t popped = 0;            // responses ever taken off the front
+    // Coalescing: by Key, the position (popped + index) of its last queued response.
+    std::unordered_map<int64_t, uint64_t> mergeable;
     size_t bytes = 0;
     size_t responses_max = 0;
     size_t bytes_max = 0;
@@ -225,11 +263,24 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
         return false;
       }
       box->bytes += size;
-      box->queue.push_back(std::move(response));
+      const std::optional<int64_t> key = Coalescing<Response>::Key(response);
+      if (!key) box->mergeable.clear();  // no merge crosses it
+      if (key) {
+        auto it = box->mergeable.find(*key);
+        const uint64_t unsent_from = box->popped + (box->writing ? 1 : 0);
+        if (it != box->mergeable.end() && it->second >= unsent_from) {
+          Queued& into = box->queue[it->second - box->popped];
+          Coalescing<Response>::Merge(into.response, std::move(response));
+          into.bytes += size;
+          return true;
+        }
+        box->mergeable[*key] = box->popped + box->queue.size();
+      }
+      box->queue.push_back(Queued{std::move(response), size});
       if (!box->writing) {
         box->writing = true;
         start = box->reactor;
-        first = &box->queue.front();  // deque push_back keeps references valid
+        first = &box->queue.front().response;  // deque push_back keeps references valid
       }
     }
     if (start != nullptr) start->StartWrite(first);
@@ -262,19 +313,22 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
     bool finish = false;
     {
       std::lock_guard lock(outbox_->mu);
-      outbox_->bytes -= std::min(outbox_->bytes, outbox_->queue.front().ByteSizeLong());
+      outbox_->bytes -= std::min(outbox_->bytes, outbox_->queue.front().bytes);
       outbox_->queue.pop_front();
+      ++outbox_->popped;
       if (!ok) {
         // The client is gone: nothing more can be written.
         if (!outbox_->finish_requested) {
           outbox_->finish_requested = true;
           outbox_->finish_status = grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
         }
+        outbox_->popped += outbox_->queue.size();
         outbox_->queue.clear();
+        outbox_->mergeable.clear();
         outbox_->bytes = 0;
       }
       if (!outbox_->queue.empty()) {
-        next = &outbox_->queue.front();
+        next = &outbox_->queue.front().response;
       } else {
         outbox_->writing = false;
         if (outbox_->finish_requested && !outbox_->finished) {
@@ -309,6 +363,7 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
       std::lock_guard lock(outbox_->mu);
       outbox_->reactor = nullptr;
       outbox_->queue.clear();
+      outbox_->mergeable.clear();
     }
     Closed();
     delete this;
@@ -330,10 +385,12 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
  private:
   // Drops every queued response but the one being written (gRPC holds a pointer to it).
   static void DropUnsent(Outbox& box) {
+    box.mergeable.clear();
     if (box.writing) {
       box.queue.erase(box.queue.begin() + 1, box.queue.end());
-      box.bytes = box.queue.front().ByteSizeLong();
+      box.bytes = box.queue.front().bytes;
     } else {
+      box.popped += box.queue.size();
       box.queue.clear();
       box.bytes = 0;
     }
@@ -362,11 +419,11 @@ class WatchStream final : public BidiStream<pb::WatchRequest, pb::WatchResponse>
     shared_.Post([&shared = shared_, box = outbox_, state = state_] {
       if (shared.closing) return RequestFinish(box, StoppedStatus());
       absl::StatusOr<watch::WatchHub::StreamId> id =
-          shared.server().OpenWatchStream([box](const pb::WatchResponse& response) {
+          shared.server().OpenWatchStream([box](pb::WatchResponse& response) {
             // Only event responses may be refused (the hub catches the watcher up later).
             const bool droppable = !response.created() && !response.canceled() &&
                                    response.events_size() > 0;
-            return Push(box, response, droppable);
+            return Push(box, std::move(response), droppable);
           });
       if (!id.ok()) return RequestFinish(box, ToGrpcStatus(id.status()));
       state->hub_stream = *id;

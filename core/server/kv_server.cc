@@ -61,6 +61,7 @@ void KvServer::Tick() {
     ProposeCheckpoint();
   }
   ExpireLeaseWaiters();
+  FlushWatchEvents();
   watches_.Tick(env_.Now());
   MaybeAutoCompact();
 }
@@ -376,7 +377,23 @@ std::vector<int64_t> KvServer::Leases() const {
   return out;
 }
 
-void KvServer::OnEvents(const std::vector<mvccpb::Event>& events) { watches_.OnEvents(events); }
+void KvServer::OnEvents(const std::vector<mvccpb::Event>& events) {
+  if (watches_.watchers() == 0 && watch_events_.empty()) return watches_.OnEvents(events);
+  watch_events_.insert(watch_events_.end(), events.begin(), events.end());
+  if (watch_flush_deferred_) return;
+  watch_flush_deferred_ = true;
+  Defer([this] {
+    watch_flush_deferred_ = false;
+    FlushWatchEvents();
+  });
+}
+
+void KvServer::FlushWatchEvents() {
+  if (watch_events_.empty()) return;
+  std::vector<mvccpb::Event> events;
+  events.swap(watch_events_);
+  watches_.OnEvents(events);
+}
 
 absl::StatusOr<watch::WatchHub::StreamId> KvServer::OpenWatchStream(watch::WatchHub::Sink sink) {
   return watches_.OpenStream(std::move(sink));
@@ -386,14 +403,17 @@ void KvServer::CloseWatchStream(watch::WatchHub::StreamId stream) { watches_.Clo
 
 void KvServer::WatchCreate(watch::WatchHub::StreamId stream,
                            const etcdserverpb::WatchCreateRequest& r) {
+  FlushWatchEvents();
   watches_.Create(stream, r);
 }
 
 void KvServer::WatchCancel(watch::WatchHub::StreamId stream, int64_t watch_id) {
+  FlushWatchEvents();
   watches_.Cancel(stream, watch_id);
 }
 
 void KvServer::WatchProgress(watch::WatchHub::StreamId stream) {
+  FlushWatchEvents();
   watches_.RequestProgress(stream);
 }
 
@@ -422,6 +442,7 @@ void KvServer::OnLeaseGranted(int64_t id) {
 void KvServer::OnLeaseRevoked(int64_t id) { AnswerLeaseWaiters(id, kv::ErrLeaseNotFound(), 0); }
 
 void KvServer::OnRestored() {
+  FlushWatchEvents();  // they were applied before the state was replaced
   watches_.OnRestored();  // the history they stood on was replaced: catch up anew
   // The lease table was replaced under the lessor: renewals it had on the way are moot.
   FailLeaseWaiters(ErrLeaderChanged());

@@ -96,7 +96,11 @@ class KvServer : public KvStateMachine::Listener {
   std::vector<int64_t> Leases() const;
 
   // Watch streams (core/watch/watch_hub.h), served from this member's applied state.
-  // The sink is called while the member applies: it must not call back into the server.
+  // Events applied in one turn of the event loop (a Ready's commands) reach the hub
+  // together, after the turn: each watcher gets them in one response, not one per
+  // command. Every other watch call hands the hub what is pending first, so a progress
+  // answer or a new watcher never overtakes an applied event. The sink must not call
+  // back into the server.
   absl::StatusOr<watch::WatchHub::StreamId> OpenWatchStream(watch::WatchHub::Sink sink);
   void CloseWatchStream(watch::WatchHub::StreamId stream);
   void WatchCreate(watch::WatchHub::StreamId stream, const etcdserverpb::WatchCreateRequest& r);
@@ -111,6 +115,7 @@ class KvServer : public KvStateMachine::Listener {
   void OnLeaseGranted(int64_t id) override;
   void OnLeaseRevoked(int64_t id) override;
   void OnRestored() override;
+  void FlushWatchEvents();
 
   const lease::Lessor& lessor() const { return lessor_; }
   // Leases this member saw expire (revoked by applied checkpoints), since it started.
@@ -154,6 +159,8 @@ class KvServer : public KvStateMachine::Listener {
   Logger log_;
   lease::Lessor lessor_;
   watch::WatchHub watches_;
+  std::vector<mvccpb::Event> watch_events_;  // applied, not yet handed to the hub
+  bool watch_flush_deferred_ = false;
   AutoCompactor auto_compactor_;
   TimerId tick_timer_ = 0;
   // Keepalives waiting for their renewal to commit, or for their expired lease's

@@ -211,17 +211,31 @@ bool WatchHub::Deliver(const WatcherKey& w, Watcher& watcher,
 void WatchHub::OnEvents(const std::vector<mvccpb::Event>& events) {
   if (events.empty()) return;
   delivered_through_ = std::max(delivered_through_, events.back().kv().mod_revision());
-  std::map<WatcherKey, std::vector<const mvccpb::Event*>> matched;
+  // Each matched watcher once, with its events in revision order.
+  std::vector<std::pair<WatcherKey, std::vector<const mvccpb::Event*>>> matched;
+  std::map<WatcherKey, std::vector<const mvccpb::Event*>> single;  // single-key watchers
+  std::string_view largest;
   for (const mvccpb::Event& e : events) {
     const std::string& k = e.kv().key();
+    largest = std::max(largest, std::string_view(k));
     if (auto it = by_key_.find(k); it != by_key_.end()) {
-      for (const WatcherKey& w : it->second) matched[w].push_back(&e);
-    }
-    for (auto it = ranges_.begin(); it != ranges_.end() && it->first <= k; ++it) {
-      const Watcher& watcher = watchers_.at(it->second);
-      if (kv::KeyRange{watcher.key, watcher.end}.Contains(k)) matched[it->second].push_back(&e);
+      for (const WatcherKey& w : it->second) single[w].push_back(&e);
     }
   }
+  // Range watchers: one pass over those that start at or below the largest key, each
+  // tested against the batch.
+  for (auto it = ranges_.begin(); it != ranges_.end() && it->first <= largest; ++it) {
+    const Watcher& watcher = watchers_.at(it->second);
+    const kv::KeyRange range{watcher.key, watcher.end};
+    std::vector<const mvccpb::Event*> mine;
+    for (const mvccpb::Event& e : events) {
+      if (range.Contains(e.kv().key())) mine.push_back(&e);
+    }
+    if (!mine.empty()) matched.emplace_back(it->second, std::move(mine));
+  }
+  for (auto& [w, evs] : single) matched.emplace_back(w, std::move(evs));
+  std::sort(matched.begin(), matched.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });  // by stream, id
   for (auto& [w, evs] : matched) {
     Watcher& watcher = watchers_.at(w);
     const int64_t first = evs.front()->kv().mod_revision();

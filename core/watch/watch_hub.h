@@ -63,8 +63,9 @@ class WatchHub {
  public:
   using StreamId = uint64_t;
   // A stream's way to its client. Returns false if the client cannot take it now (the
-  // response was not taken).
-  using Sink = std::function<bool(const etcdserverpb::WatchResponse&)>;
+  // response was not taken). The sink may move from the response: the hub does not
+  // use it after.
+  using Sink = std::function<bool(etcdserverpb::WatchResponse&)>;
   // Fills a response header's cluster, member and term (the hub sets the revision).
   using HeaderFiller = std::function<void(etcdserverpb::ResponseHeader*)>;
 
@@ -80,7 +81,8 @@ class WatchHub {
   void Cancel(StreamId stream, int64_t watch_id);
   void RequestProgress(StreamId stream);
 
-  // The store applied these events (one command's, in revision order).
+  // The store applied these events (one or more commands', in revision order); each
+  // watcher gets those it matches in one response.
   void OnEvents(const std::vector<mvccpb::Event>& events);
   // The store's state was replaced (a snapshot): every watcher catches up from history.
   void OnRestored();
