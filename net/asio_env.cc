@@ -4,6 +4,7 @@
 #include <random>
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 namespace keel::net {
@@ -37,18 +38,25 @@ server::TimerId AsioEnv::SetTimer(Nanos after, std::function<void()> fn) {
   const server::TimerId id = next_timer_id_++;
   auto timer = std::make_unique<Timer>(io_);
   timer->fn = std::move(fn);
-  timer->timer.expires_after(after);
   // The handler looks its timer up by id: a canceled (erased) timer's handler finds
   // nothing and does nothing, whatever error code it carries.
-  timer->timer.async_wait([this, id, alive = std::weak_ptr<bool>(alive_)](
-                              const boost::system::error_code&) {
+  auto fire = [this, id, alive = std::weak_ptr<bool>(alive_)](const boost::system::error_code&) {
     if (alive.expired()) return;  // the env is gone; the io_context still ran this
     auto it = timers_.find(id);
     if (it == timers_.end()) return;
     std::function<void()> fn = std::move(it->second->fn);
     timers_.erase(it);
     fn();
-  });
+  };
+  if (after <= Nanos(0)) {
+    // "The next turn" (the core's request flush, deferred replies): a post runs after
+    // what is already queued, as a due timer would, without a trip through the timer
+    // queue and the reactor.
+    boost::asio::post(io_, [fire] { fire({}); });
+  } else {
+    timer->timer.expires_after(after);
+    timer->timer.async_wait(std::move(fire));
+  }
   timers_.emplace(id, std::move(timer));
   return id;
 }
