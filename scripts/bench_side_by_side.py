@@ -6,8 +6,8 @@ and docs/bench.png.
 Both systems run with their defaults for durability and timing (fsync on every commit,
 100 ms heartbeat, 1000 ms election timeout), one member and three members on loopback,
 data in one temporary directory on the same file system. Each point runs `--rounds`
-times per system, keel then etcd (A B A B), so that drift of the machine (page cache,
-thermal, other load) falls on both; a figure is the mean of its rounds.
+times per system, keel then etcd (A B A B ...), so that drift of the machine (page cache,
+other load) falls on both; a figure is the median of its rounds.
 """
 
 import argparse
@@ -29,13 +29,14 @@ import keel_cluster  # noqa: E402  (the e2e harness: starts and stops keeld and 
 KEEL_BENCH = os.path.join(ROOT, "build", "net", "client", "keel-bench")
 KINDS = ("keel", "etcd")
 RANGE_KEY = "bench-range-key"
+NOTES_MARKER = "<!-- notes: scripts/bench keeps everything below this line -->"
 
 
-def point(name, members, workload, args, total, clients=1, conns=1, target=None,
+def point(name, short, members, workload, args, total, clients=1, conns=1, target=None,
           headline="throughput", unit="ops/s", latency="latency_ms"):
-    return dict(name=name, members=members, workload=workload, args=list(args), total=total,
-                clients=clients, conns=conns, target=target, headline=headline, unit=unit,
-                latency=latency)
+    return dict(name=name, short="%s, %dm" % (short, members), members=members,
+                workload=workload, args=list(args), total=total, clients=clients, conns=conns,
+                target=target, headline=headline, unit=unit, latency=latency)
 
 
 KEYS = ["--key-size", "8", "--val-size", "256", "--key-space-size", "100000"]
@@ -44,24 +45,24 @@ KEYS = ["--key-size", "8", "--val-size", "256", "--key-space-size", "100000"]
 # linearizable and serializable at 64+ clients >= 1.5x; watch events/s >= 2x; lease
 # keepalives/s >= 1.5x; p99 no worse (ratio <= 1.0) at every point.
 POINTS = [
-    point("put, 1 client", 1, "put", KEYS, 2000, target=1.0),
-    point("put, 64 clients", 1, "put", KEYS, 20000, clients=64, conns=8, target=1.5),
-    point("put, 256 clients", 1, "put", KEYS, 40000, clients=256, conns=16, target=1.5),
-    point("txn-put, 64 clients", 1, "txn-put", KEYS, 20000, clients=64, conns=8),
-    point("range linearizable, 64 clients", 1, "range", [RANGE_KEY, "--consistency", "l"],
+    point("put, 1 client", "put 1c", 1, "put", KEYS, 2000, target=1.0),
+    point("put, 64 clients", "put 64c", 1, "put", KEYS, 20000, clients=64, conns=8, target=1.5),
+    point("put, 256 clients", "put 256c", 1, "put", KEYS, 40000, clients=256, conns=16, target=1.5),
+    point("txn-put, 64 clients", "txn 64c", 1, "txn-put", KEYS, 20000, clients=64, conns=8),
+    point("range linearizable, 64 clients", "range-l 64c", 1, "range", [RANGE_KEY, "--consistency", "l"],
           50000, clients=64, conns=8, target=1.5),
-    point("range serializable, 64 clients", 1, "range", [RANGE_KEY, "--consistency", "s"],
+    point("range serializable, 64 clients", "range-s 64c", 1, "range", [RANGE_KEY, "--consistency", "s"],
           50000, clients=64, conns=8, target=1.5),
-    point("watch, 1000 watchers x 100 puts", 1, "watch",
+    point("watch, 1000 watchers x 100 puts", "watch", 1, "watch",
           ["--watchers", "1000", "--streams", "10", "--puts", "100"], 0, clients=4, conns=1, target=2.0, headline="events_per_s", unit="events/s",
           latency="event_latency_ms"),
-    point("lease keepalive, 64 clients", 1, "lease-keepalive", ["--leases", "64"], 50000,
+    point("lease keepalive, 64 clients", "keepalive 64c", 1, "lease-keepalive", ["--leases", "64"], 50000,
           clients=64, conns=8, target=1.5, unit="keepalives/s"),
-    point("put, 1 client", 3, "put", KEYS, 1000, target=1.0),
-    point("put, 64 clients", 3, "put", KEYS, 10000, clients=64, conns=8, target=1.5),
-    point("range linearizable, 64 clients", 3, "range", [RANGE_KEY, "--consistency", "l"],
+    point("put, 1 client", "put 1c", 3, "put", KEYS, 1000, target=1.0),
+    point("put, 64 clients", "put 64c", 3, "put", KEYS, 10000, clients=64, conns=8, target=1.5),
+    point("range linearizable, 64 clients", "range-l 64c", 3, "range", [RANGE_KEY, "--consistency", "l"],
           30000, clients=64, conns=8, target=1.5),
-    point("range serializable, 64 clients", 3, "range", [RANGE_KEY, "--consistency", "s"],
+    point("range serializable, 64 clients", "range-s 64c", 3, "range", [RANGE_KEY, "--consistency", "s"],
           30000, clients=64, conns=8, target=1.5),
 ]
 
@@ -205,8 +206,8 @@ def summarize(entry):
     s = {}
     for kind in KINDS:
         runs = entry["runs"][kind]
-        s[kind] = dict(headline=statistics.mean(r[p["headline"]] for r in runs),
-                       p99=statistics.mean(r[p["latency"]]["p99"] for r in runs),
+        s[kind] = dict(headline=statistics.median(r[p["headline"]] for r in runs),
+                       p99=statistics.median(r[p["latency"]]["p99"] for r in runs),
                        errors=sum(r["errors"] for r in runs))
     s["ratio"] = s["keel"]["headline"] / s["etcd"]["headline"] if s["etcd"]["headline"] else 0
     s["p99_ratio"] = s["keel"]["p99"] / s["etcd"]["p99"] if s["etcd"]["p99"] else 0
@@ -227,7 +228,8 @@ set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set boxwidth 0.9
-set xtics rotate by -35 scale 0
+set xtics rotate by -30 scale 0
+set bmargin 6
 set ylabel "keel / etcd"
 set yrange [0:*]
 set grid ytics
@@ -247,7 +249,7 @@ def write_report(results, memory, info, elapsed, args, out_dir):
     lines = []
     lines.append("# keel and etcd 3.4 side by side")
     lines.append("")
-    lines.append("Written by `scripts/bench` on %s in %.0f s (keel %s). Each figure is the mean "
+    lines.append("Written by `scripts/bench` on %s in %.0f s (keel %s). Each figure is the median "
                  "of %d runs per system, run in alternation (keel, etcd, keel, etcd) against "
                  "both systems started with their defaults: fsync on every commit, 100 ms "
                  "heartbeat, 1000 ms election timeout, data on the same disk. The load comes "
@@ -274,7 +276,7 @@ def write_report(results, memory, info, elapsed, args, out_dir):
                      % (p["members"], p["name"], errors, p["unit"], s["keel"]["headline"],
                         s["etcd"]["headline"], s["ratio"], target, s["keel"]["p99"],
                         s["etcd"]["p99"], s["p99_ratio"], "yes" if s["met"] else "**no**"))
-        chart.append(("%s (%d)" % (p["name"], p["members"]), s["ratio"], s["p99_ratio"]))
+        chart.append((p["short"], s["ratio"], s["p99_ratio"]))
     lines.append("")
     lines.append("p99 is the request latency (for watch: from a put's send to its event at a "
                  "watcher). \"met\" needs the throughput target (where there is one) and a p99 "
@@ -311,8 +313,18 @@ def write_report(results, memory, info, elapsed, args, out_dir):
     lines.append("```")
     lines.append("")
     lines.append("The commands of every run are in bench.json.")
-    with open(os.path.join(out_dir, "bench.md"), "w") as f:
+    # A hand-written part (what bounds the figures) survives runs: all after the marker.
+    md_path = os.path.join(out_dir, "bench.md")
+    kept = ""
+    if os.path.exists(md_path):
+        with open(md_path) as f:
+            old = f.read()
+        if NOTES_MARKER in old:
+            kept = old[old.index(NOTES_MARKER):]
+    with open(md_path, "w") as f:
         f.write("\n".join(lines) + "\n")
+        if kept:
+            f.write("\n" + kept)
     with open(os.path.join(out_dir, "bench.json"), "w") as f:
         json.dump(dict(machine=info, elapsed_s=elapsed, rounds=args.rounds, scale=args.scale,
                        points=[dict(summary=summarize(e), **e) for e in results],
@@ -322,7 +334,8 @@ def write_report(results, memory, info, elapsed, args, out_dir):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=2, help="runs per system and point (A B A B)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs per system and point, alternating (A B A B A B)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="multiply every total by this (e.g. 0.1 for a quick look)")
     ap.add_argument("--memory-keys", type=int, default=1000000)
