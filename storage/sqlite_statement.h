@@ -111,7 +111,9 @@ struct SqliteStorage::Statements {
         snapshot_index(db, "SELECT idx FROM snapshot WHERE id = 0"),
         snapshot(db, "INSERT OR REPLACE INTO snapshot (id, idx, term, data) "
                      "VALUES (0, ?, ?, ?)"),
-        compact(db, "DELETE FROM raft_log WHERE idx <= ?"),
+        // The lowest `?2` entries at or below `?1`: one slice of a compaction.
+        compact(db, "DELETE FROM raft_log WHERE idx IN "
+                    "(SELECT idx FROM raft_log WHERE idx <= ?1 ORDER BY idx LIMIT ?2)"),
         begin(db, "BEGIN"),
         commit(db, "COMMIT"),
         put_revision(db, "INSERT INTO kv (main, sub, data) VALUES (?, ?, ?)"),

@@ -51,6 +51,9 @@ SqliteStorage::~SqliteStorage() {
 
 absl::StatusOr<std::unique_ptr<SqliteStorage>> SqliteStorage::Open(const std::string& path,
                                                                    const Options& options) {
+  if (options.compact_entries_per_sync < 1) {
+    return absl::InvalidArgumentError("compact_entries_per_sync must be at least 1");
+  }
   sqlite3* db = nullptr;
   const int rc = sqlite3_open_v2(path.c_str(), &db,
                                  SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
@@ -255,11 +258,23 @@ absl::Status SqliteStorage::InstallSnapshot(const raft::Snapshot& snapshot) {
 }
 
 absl::Status SqliteStorage::Compact(LogIndex through) {
-  if (absl::Status st = Begin(); !st.ok()) return st;
+  if (failed_) return absl::FailedPreconditionError("storage failed earlier (fail-stop)");
+  // Dropped in slices by the next Syncs. Until then the entries are still in the file,
+  // but nothing reads them: Load returns only entries after the snapshot, and
+  // `through` is at or below it.
+  compact_through_ = std::max(compact_through_, through.value);
+  compacting_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStorage::CompactSlice() {
   Stmt& drop = stmts_->compact;
   drop.Reset();
-  drop.Bind(1, through.value).Step();
+  drop.Bind(1, compact_through_)
+      .Bind(2, static_cast<uint64_t>(options_.compact_entries_per_sync))
+      .Step();
   if (!drop.ok()) return failed_ = true, Error("compact raft_log");
+  compacting_ = sqlite3_changes(db_) >= options_.compact_entries_per_sync;  // maybe more
   return absl::OkStatus();
 }
 
@@ -277,6 +292,9 @@ absl::StatusOr<uint64_t> SqliteStorage::AvailableBytes() {
 absl::Status SqliteStorage::Sync() {
   if (failed_) return absl::FailedPreconditionError("storage failed earlier (fail-stop)");
   if (!in_transaction_) return absl::OkStatus();
+  if (compacting_) {
+    if (absl::Status st = CompactSlice(); !st.ok()) return st;
+  }
   in_transaction_ = false;
   // synchronous=FULL: the WAL is fsynced before COMMIT returns.
   if (!RunOnce(stmts_->commit)) return failed_ = true, Error("COMMIT");

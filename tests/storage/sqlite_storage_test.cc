@@ -49,6 +49,19 @@ class SqliteStorageTest : public ::testing::Test {
     sqlite3_close(db);
   }
 
+  // The first column of the first row of `sql`, read by a connection of its own (the
+  // storage must be closed: it holds the database exclusively).
+  int64_t RawCount(const char* sql) {
+    sqlite3* db = nullptr;
+    EXPECT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    sqlite3_stmt* stmt = nullptr;
+    EXPECT_EQ(sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    const int64_t v = sqlite3_step(stmt) == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : -1;
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return v;
+  }
+
   std::string dir_;
   std::string path_;
 };
@@ -131,6 +144,52 @@ TEST_F(SqliteStorageTest, AnOwnSnapshotKeepsTheLogAndCompactionDropsItsPrefix) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->snapshot->data, "at 8");
   EXPECT_EQ(r->entries, Entries(9, 2, 1));  // only entries after the snapshot are loaded
+}
+
+// Compaction is spread over the Syncs that follow (a slice each), so that no one commit
+// stalls on a whole snapshot's worth of entries; what is left is never loaded, and what a
+// restart forgot is dropped by the next compaction.
+TEST_F(SqliteStorageTest, CompactionDropsItsEntriesASliceAtEachSyncAndLoadNeverSeesThem) {
+  SqliteStorage::Options options;
+  options.compact_entries_per_sync = 4;
+  auto open = [&] {
+    absl::StatusOr<std::unique_ptr<SqliteStorage>> s = SqliteStorage::Open(path_, options);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? std::move(*s) : nullptr;
+  };
+  {
+    auto s = open();
+    ASSERT_TRUE(s->Append(Entries(1, 20, 1)).ok());
+    ASSERT_TRUE(s->SaveSnapshot({LogIndex(12), Term(1), "at 12"}).ok());
+    ASSERT_TRUE(s->Compact(LogIndex(10)).ok());
+    ASSERT_TRUE(s->SaveHardState({Term(1), NodeId(0), LogIndex(12)}).ok());
+    ASSERT_TRUE(s->Sync().ok());  // the first slice: entries 1-4
+  }
+  EXPECT_EQ(RawCount("SELECT count(*) FROM raft_log"), 16);
+  {
+    auto s = open();  // the rest of that compaction is forgotten: 5-10 stay for now
+    absl::StatusOr<raft::RecoveredState> r = s->Load();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->entries, Entries(13, 8, 1));  // only after the snapshot
+    ASSERT_TRUE(s->Compact(LogIndex(11)).ok());  // the next compaction takes them too
+    for (uint64_t i = 21; i <= 22; ++i) {        // a slice with each write's Sync
+      ASSERT_TRUE(s->Append(Entries(i, 1, 1)).ok());
+      ASSERT_TRUE(s->Sync().ok());
+    }
+    ASSERT_TRUE(s->Sync().ok());  // nothing staged: no transaction, nothing dropped
+  }
+  EXPECT_EQ(RawCount("SELECT count(*) FROM raft_log"), 11);  // 12..22
+  EXPECT_EQ(RawCount("SELECT min(idx) FROM raft_log"), 12);
+  auto s = open();
+  absl::StatusOr<raft::RecoveredState> r = s->Load();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->entries, Entries(13, 10, 1));
+}
+
+TEST_F(SqliteStorageTest, ACompactionSliceOfZeroEntriesIsRefusedAtOpen) {
+  SqliteStorage::Options options;
+  options.compact_entries_per_sync = 0;
+  EXPECT_TRUE(absl::IsInvalidArgument(SqliteStorage::Open(path_, options).status()));
 }
 
 TEST_F(SqliteStorageTest, ADatabaseFromANewerKeelIsRefusedNotReset) {
