@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/assert.h"
 #include "core/etcdpb/rpc.grpc.pb.h"
 #include "core/etcdpb/rpc.pb.h"
 #include "core/server/kv_server.h"
@@ -46,6 +47,90 @@ grpc::Status ToGrpcStatus(const absl::Status& st) {
     default:
       return grpc::Status(code, message);
   }
+}
+
+namespace {
+
+// A slice over an encoded event's bytes (no copy) that holds them alive: a reference of
+// its own, dropped when gRPC drops the slice's last one, on whatever thread that is.
+grpc::Slice SharedSlice(const watch::EncodedEvent& bytes) {
+  KEEL_ASSERT(bytes != nullptr && !bytes->empty());
+  auto* owner = new watch::EncodedEvent(bytes);
+  return grpc::Slice(
+      const_cast<char*>((*owner)->data()), (*owner)->size(),
+      [](void* p) { delete static_cast<watch::EncodedEvent*>(p); }, owner);
+}
+
+grpc::Slice SerializedSlice(const pb::WatchResponse& response) {
+  const size_t size = response.ByteSizeLong();
+  grpc::Slice slice(size);  // fresh: this is its only reference, writing to it is fine
+  KEEL_ASSERT(response.SerializeWithCachedSizesToArray(const_cast<uint8_t*>(slice.begin())) ==
+              slice.end());
+  return slice;
+}
+
+}  // namespace
+
+WatchWire WatchWire::Whole(const pb::WatchResponse& response) {
+  WatchWire wire;
+  wire.slices_.push_back(SerializedSlice(response));
+  wire.bytes_ = wire.slices_.front().size();
+  return wire;
+}
+
+grpc::Slice WatchWire::Slices::Get(const watch::EncodedEvent& event) {
+  auto it = slices_.find(event.get());
+  if (it != slices_.end()) return it->second;
+  if (slices_.size() >= kSlicesMax || bytes_ + event->size() > kBytesMax) {
+    slices_.clear();  // the rounds that needed them are over, or nearly
+    bytes_ = 0;
+  }
+  bytes_ += event->size();
+  return slices_.emplace(event.get(), SharedSlice(event)).first->second;
+}
+
+WatchWire WatchWire::Events(const pb::WatchResponse& meta,
+                            std::span<const watch::EncodedEvent> events, Slices* slices) {
+  KEEL_ASSERT(meta.events_size() == 0 && !events.empty());
+  WatchWire wire;
+  wire.meta_size_ = meta.ByteSizeLong();
+  KEEL_ASSERT(wire.meta_size_ > 0 && wire.meta_size_ <= kMetaMax);
+  KEEL_ASSERT(meta.SerializeWithCachedSizesToArray(wire.meta_.data()) ==
+              wire.meta_.data() + wire.meta_size_);
+  wire.bytes_ = wire.meta_size_;
+  // Room for a few merges before the array moves.
+  wire.slices_.reserve(std::max<size_t>(8, 1 + events.size()));
+  wire.slices_.emplace_back();  // meta_'s, once written
+  for (const watch::EncodedEvent& e : events) {
+    wire.slices_.push_back(slices != nullptr ? slices->Get(e) : SharedSlice(e));
+    wire.bytes_ += e->size();
+  }
+  if (!meta.created() && !meta.canceled() && meta.compact_revision() == 0 && !meta.fragment()) {
+    wire.merge_key_ = meta.watch_id();
+  }
+  return wire;
+}
+
+void WatchWire::Merge(WatchWire&& later) {
+  KEEL_ASSERT(merge_key_ && later.merge_key_ == merge_key_ && !buffer_ && !later.buffer_);
+  KEEL_ASSERT(meta_size_ > 0 && later.meta_size_ > 0);
+  // Both heads are responses without events: the later one replaces this one's (its
+  // header wins); the events append, this one's first.
+  bytes_ += later.bytes_ - meta_size_;
+  meta_ = later.meta_;
+  meta_size_ = later.meta_size_;
+  slices_.insert(slices_.end(), std::make_move_iterator(later.slices_.begin() + 1),
+                 std::make_move_iterator(later.slices_.end()));
+  later.slices_.clear();
+  later.bytes_ = 0;
+}
+
+const grpc::ByteBuffer& WatchWire::buffer() {
+  if (!buffer_) {
+    if (meta_size_ > 0) slices_.front() = grpc::Slice(meta_.data(), meta_size_);
+    buffer_.emplace(slices_.data(), slices_.size());
+  }
+  return *buffer_;
 }
 
 namespace {
@@ -114,6 +199,7 @@ struct Shared {
   };
   std::map<uint64_t, StreamHooks> watch_streams;
   std::map<uint64_t, StreamHooks> keepalive_streams;
+  WatchWire::Slices event_slices;  // the watch fan-out's
   uint64_t next_stream_key = 1;
   bool closing = false;
 
@@ -190,37 +276,42 @@ grpc::ServerUnaryReactor* ServeUnary(
 // send loop likewise). A watcher's events stay in revision order: they only ever join
 // the latest queued response of that watcher, and no merge crosses a control response
 // (created, canceled, progress), which could promise a revision.
-template <typename Response>
-struct Coalescing {
-  static std::optional<int64_t> Key(const Response&) { return std::nullopt; }
-  static void Merge(Response&, Response&&) {}
+//
+// Outgoing<Message>: how a stream's queued messages are measured, merged and written.
+// By default a typed protobuf response, written as it is, never merged.
+template <typename Message>
+struct Outgoing {
+  using Wire = Message;  // what gRPC writes
+  static size_t Bytes(const Message& m) { return m.ByteSizeLong(); }
+  // Messages with the same key may merge (Coalescing above); no key: it never merges.
+  static std::optional<int64_t> MergeKey(const Message&) { return std::nullopt; }
+  static void Merge(Message&, Message&&) {}
+  // Valid until the message is dropped; once called, the message no longer merges.
+  static const Wire& ForWrite(Message& m) { return m; }
 };
 
+// The watch stream's responses: bytes (WatchWire), merged by concatenation.
 template <>
-struct Coalescing<pb::WatchResponse> {
-  // The watch whose events `r` carries, if it carries nothing else.
-  static std::optional<int64_t> Key(const pb::WatchResponse& r) {
-    if (r.created() || r.canceled() || r.events_size() == 0 || r.compact_revision() != 0 ||
-        r.fragment()) {
-      return std::nullopt;
-    }
-    return r.watch_id();
-  }
-  // Requires: Key(into) == Key(more), `more` the later: its events follow, its header wins.
-  static void Merge(pb::WatchResponse& into, pb::WatchResponse&& more) {
-    for (mvccpb::Event& e : *more.mutable_events()) into.mutable_events()->Add(std::move(e));
-    *into.mutable_header() = std::move(*more.mutable_header());
-  }
+struct Outgoing<WatchWire> {
+  using Wire = grpc::ByteBuffer;
+  static size_t Bytes(const WatchWire& m) { return m.bytes(); }
+  static std::optional<int64_t> MergeKey(const WatchWire& m) { return m.merge_key(); }
+  // Requires: equal keys; `later` came after `into`.
+  static void Merge(WatchWire& into, WatchWire&& later) { into.Merge(std::move(later)); }
+  static const Wire& ForWrite(WatchWire& m) { return m.buffer(); }
 };
 //
 // A bidi stream's outbox: the io thread pushes responses, gRPC writes them one at a time.
 // The reactor is deleted in OnDone, which gRPC calls only after Finish and after every
 // operation completed; Finish is called only when no write is in flight, so a push that
 // started a write always finds the reactor alive. After OnDone the outbox (shared with
-// the io thread) drops everything.
-template <typename Request, typename Response>
-class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
+// the io thread) drops everything. `WireRequest` is what gRPC reads (a request, or its
+// bytes), `Message` what the outbox queues (Outgoing<Message>::Wire is what it writes).
+template <typename WireRequest, typename Message>
+class BidiStream : public grpc::ServerBidiReactor<WireRequest, typename Outgoing<Message>::Wire> {
  public:
+  using Out = Outgoing<Message>;
+
   BidiStream(Shared& shared, size_t responses_max, size_t bytes_max, HandledCounter& counter)
       : shared_(shared), outbox_(std::make_shared<Outbox>()), counter_(counter) {
     outbox_->reactor = this;
@@ -230,7 +321,7 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
   }
 
   struct Queued {
-    Response response;
+    Message message;
     size_t bytes;  // its size when queued (merges add theirs)
   };
   struct Outbox {
@@ -251,36 +342,37 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
 
   // Any thread. Returns false (the response was not taken) when `droppable` and the
   // outbox is full; otherwise takes it (or drops it silently if the stream is ending).
-  static bool Push(const std::shared_ptr<Outbox>& box, Response response, bool droppable) {
+  static bool Push(const std::shared_ptr<Outbox>& box, Message message, bool droppable) {
     BidiStream* start = nullptr;
-    const Response* first = nullptr;
+    const typename Out::Wire* first = nullptr;
+    const size_t size = Out::Bytes(message);
+    const std::optional<int64_t> key = Out::MergeKey(message);
     {
       std::lock_guard lock(box->mu);
       if (box->reactor == nullptr || box->finish_requested) return true;
-      const size_t size = response.ByteSizeLong();
       if (droppable && !box->queue.empty() &&
           (box->queue.size() >= box->responses_max || box->bytes + size > box->bytes_max)) {
         return false;
       }
       box->bytes += size;
-      const std::optional<int64_t> key = Coalescing<Response>::Key(response);
       if (!key) box->mergeable.clear();  // no merge crosses it
       if (key) {
         auto it = box->mergeable.find(*key);
         const uint64_t unsent_from = box->popped + (box->writing ? 1 : 0);
         if (it != box->mergeable.end() && it->second >= unsent_from) {
           Queued& into = box->queue[it->second - box->popped];
-          Coalescing<Response>::Merge(into.response, std::move(response));
+          Out::Merge(into.message, std::move(message));
           into.bytes += size;
           return true;
         }
         box->mergeable[*key] = box->popped + box->queue.size();
       }
-      box->queue.push_back(Queued{std::move(response), size});
+      box->queue.push_back(Queued{std::move(message), size});
       if (!box->writing) {
         box->writing = true;
         start = box->reactor;
-        first = &box->queue.front().response;  // deque push_back keeps references valid
+        // deque push_back keeps references valid; being written, it takes no more merges
+        first = &Out::ForWrite(box->queue.front().message);
       }
     }
     if (start != nullptr) start->StartWrite(first);
@@ -309,7 +401,7 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
   }
 
   void OnWriteDone(bool ok) override {
-    const Response* next = nullptr;
+    const typename Out::Wire* next = nullptr;
     bool finish = false;
     {
       std::lock_guard lock(outbox_->mu);
@@ -328,7 +420,7 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
         outbox_->bytes = 0;
       }
       if (!outbox_->queue.empty()) {
-        next = &outbox_->queue.front().response;
+        next = &Out::ForWrite(outbox_->queue.front().message);
       } else {
         outbox_->writing = false;
         if (outbox_->finish_requested && !outbox_->finished) {
@@ -349,9 +441,9 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
     }
     // Handled (posted to the io thread) before the next read starts, so that the end of
     // the stream, which that read may report at once on another thread, comes after it.
-    HandleRequest(std::move(request_));
+    const bool more = HandleRequest(std::move(request_));
     request_.Clear();
-    this->StartRead(&request_);
+    if (more) this->StartRead(&request_);
   }
 
   void OnCancel() override {
@@ -371,8 +463,9 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
 
  protected:
   void Begin() { this->StartRead(&request_); }
-  // gRPC thread: one request from the client.
-  virtual void HandleRequest(Request request) = 0;
+  // gRPC thread: one request from the client. Returns false if the stream reads no more
+  // (it was refused: the handler asked the stream to finish).
+  virtual bool HandleRequest(WireRequest request) = 0;
   // gRPC thread, from OnDone: the stream is over (release io-thread state by posting).
   virtual void Closed() = 0;
   // gRPC thread: the client will send nothing more. etcd keeps serving a half-closed
@@ -402,28 +495,34 @@ class BidiStream : public grpc::ServerBidiReactor<Request, Response> {
   }
 
   HandledCounter& counter_;
-  Request request_;
+  WireRequest request_;
 };
 
 grpc::Status StoppedStatus() {
   return grpc::Status(grpc::StatusCode::UNAVAILABLE, "etcdserver: server stopped");
 }
 
-class WatchStream final : public BidiStream<pb::WatchRequest, pb::WatchResponse> {
+// Watch, served raw: requests are parsed here, responses written as WatchWire bytes.
+class WatchStream final : public BidiStream<grpc::ByteBuffer, WatchWire> {
  public:
-  using Base = BidiStream<pb::WatchRequest, pb::WatchResponse>;
+  using Base = BidiStream<grpc::ByteBuffer, WatchWire>;
 
   WatchStream(Shared& shared, HandledCounter& counter)
       : Base(shared, shared.context.watch_outbox_responses_max,
              shared.context.watch_outbox_bytes_max, counter) {
     shared_.Post([&shared = shared_, box = outbox_, state = state_] {
       if (shared.closing) return RequestFinish(box, StoppedStatus());
-      absl::StatusOr<watch::WatchHub::StreamId> id =
-          shared.server().OpenWatchStream([box](pb::WatchResponse& response) {
-            // Only event responses may be refused (the hub catches the watcher up later).
+      // Only event responses may be refused (the hub catches the watcher up later); they
+      // come encoded, everything else whole.
+      absl::StatusOr<watch::WatchHub::StreamId> id = shared.server().OpenWatchStream(
+          [box](pb::WatchResponse& response) {
             const bool droppable = !response.created() && !response.canceled() &&
                                    response.events_size() > 0;
-            return Push(box, std::move(response), droppable);
+            return Push(box, WatchWire::Whole(response), droppable);
+          },
+          [&shared, box](pb::WatchResponse& meta, std::span<const watch::EncodedEvent> events) {
+            return Push(box, WatchWire::Events(meta, events, &shared.event_slices),
+                        /*droppable=*/true);
           });
       if (!id.ok()) return RequestFinish(box, ToGrpcStatus(id.status()));
       state->hub_stream = *id;
@@ -441,7 +540,15 @@ class WatchStream final : public BidiStream<pb::WatchRequest, pb::WatchResponse>
     uint64_t key = 0;
   };
 
-  void HandleRequest(pb::WatchRequest request) override {
+  bool HandleRequest(grpc::ByteBuffer bytes) override {
+    // Untrusted bytes: a request that does not parse ends the stream (InvalidArgument:
+    // the client's fault), and nothing more is read from it.
+    pb::WatchRequest request;
+    if (!grpc::SerializationTraits<pb::WatchRequest>::Deserialize(&bytes, &request).ok()) {
+      RequestFinish(outbox_, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                          "etcdserver: malformed watch request"));
+      return false;
+    }
     shared_.Post([&shared = shared_, state = state_, request = std::move(request)] {
       if (!state->hub_stream) return;  // refused or closed
       server::KvServer& server = shared.server();
@@ -459,6 +566,7 @@ class WatchStream final : public BidiStream<pb::WatchRequest, pb::WatchResponse>
           break;  // etcd ignores an empty request
       }
     });
+    return true;
   }
 
   void Closed() override {
@@ -651,7 +759,7 @@ class KeepAliveStream final
     });
   }
 
-  void HandleRequest(pb::LeaseKeepAliveRequest request) override {
+  bool HandleRequest(pb::LeaseKeepAliveRequest request) override {
     const int64_t id = request.id();
     shared_.Post([&shared = shared_, box = outbox_, state = state_, id] {
       if (!state->open) return;
@@ -683,6 +791,7 @@ class KeepAliveStream final
         }
       });
     });
+    return true;
   }
 
   static void AnswerKeepAlive(Shared& shared, const std::shared_ptr<KeepAliveBase::Outbox>& box,
@@ -757,13 +866,14 @@ class KvService final : public pb::KV::CallbackService {
   HandledCounter range_, put_, delete_range_, txn_, compact_;
 };
 
-class WatchService final : public pb::Watch::CallbackService {
+// Watch's one method, raw: bytes in and out (WatchStream).
+class WatchService final : public pb::Watch::WithRawCallbackMethod_Watch<pb::Watch::Service> {
  public:
   explicit WatchService(Shared& shared)
       : shared_(shared), watch_(shared.context.metrics, "bidi_stream", "etcdserverpb.Watch",
                                 "Watch") {}
 
-  grpc::ServerBidiReactor<pb::WatchRequest, pb::WatchResponse>* Watch(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Watch(
       grpc::CallbackServerContext*) override {
     return new WatchStream(shared_, watch_);
   }

@@ -395,8 +395,9 @@ void KvServer::FlushWatchEvents() {
   watches_.OnEvents(events);
 }
 
-absl::StatusOr<watch::WatchHub::StreamId> KvServer::OpenWatchStream(watch::WatchHub::Sink sink) {
-  return watches_.OpenStream(std::move(sink));
+absl::StatusOr<watch::WatchHub::StreamId> KvServer::OpenWatchStream(
+    watch::WatchHub::Sink sink, watch::WatchHub::EncodedSink encoded) {
+  return watches_.OpenStream(std::move(sink), std::move(encoded));
 }
 
 void KvServer::CloseWatchStream(watch::WatchHub::StreamId stream) { watches_.CloseStream(stream); }

@@ -101,7 +101,8 @@ class KvServer : public KvStateMachine::Listener {
   // command. Every other watch call hands the hub what is pending first, so a progress
   // answer or a new watcher never overtakes an applied event. The sink must not call
   // back into the server.
-  absl::StatusOr<watch::WatchHub::StreamId> OpenWatchStream(watch::WatchHub::Sink sink);
+  absl::StatusOr<watch::WatchHub::StreamId> OpenWatchStream(
+      watch::WatchHub::Sink sink, watch::WatchHub::EncodedSink encoded = nullptr);
   void CloseWatchStream(watch::WatchHub::StreamId stream);
   void WatchCreate(watch::WatchHub::StreamId stream, const etcdserverpb::WatchCreateRequest& r);
   void WatchCancel(watch::WatchHub::StreamId stream, int64_t watch_id);

@@ -1,6 +1,7 @@
 #include "core/watch/watch_hub.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "core/assert.h"
@@ -15,18 +16,80 @@ constexpr int kCatchUpReadsPerCall = 16;  // history reads per catch-up pass
 
 }  // namespace
 
+EncodedEvent EncodeEvent(const mvccpb::Event& event, const mvccpb::KeyValue* prev_kv) {
+  // A response holding just this event serializes to exactly the bytes of its `events`
+  // field (tag, length, event): no hand-made framing.
+  etcdserverpb::WatchResponse only;
+  mvccpb::Event* e = only.add_events();
+  *e = event;
+  if (prev_kv != nullptr) *e->mutable_prev_kv() = *prev_kv;
+  auto bytes = std::make_shared<std::string>();
+  KEEL_ASSERT(only.SerializeToString(bytes.get()));
+  return bytes;
+}
+
+// The events of one delivery round: one OnEvents, or one read of history. Each event's
+// prev_kv is looked up, and each event encoded without and with prev_kv, at most once,
+// however many watchers it goes to. Lives for the round only: the store does not change
+// meanwhile (the hub never writes it), so a lookup holds for every watcher.
+class WatchHub::Batch {
+ public:
+  Batch(const kv::Store* store, const std::vector<mvccpb::Event>& events, uint64_t* encoded_count)
+      : store_(store), events_(events), slots_(events.size()), encoded_count_(encoded_count) {}
+
+  const mvccpb::Event& event(size_t i) const { return events_.at(i); }
+
+  // The key as it was just before event i; null if it did not exist, or if that revision
+  // was compacted meanwhile (as in etcd).
+  const mvccpb::KeyValue* PrevKv(size_t i) {
+    Slot& slot = slots_.at(i);
+    if (!slot.prev_looked_up) {
+      slot.prev_looked_up = true;
+      const mvccpb::Event& e = events_[i];
+      absl::StatusOr<kv::RangeResult> prev =
+          store_->Range(kv::KeyRange{e.kv().key(), ""}, {.revision = e.kv().mod_revision() - 1});
+      if (prev.ok() && !prev->kvs.empty()) slot.prev = std::move(prev->kvs.front());
+    }
+    return slot.prev ? &*slot.prev : nullptr;
+  }
+
+  const EncodedEvent& Encoded(size_t i, bool prev_kv) {
+    Slot& slot = slots_.at(i);
+    EncodedEvent& encoded = prev_kv ? slot.with_prev : slot.plain;
+    if (!encoded) {
+      encoded = EncodeEvent(events_[i], prev_kv ? PrevKv(i) : nullptr);
+      ++*encoded_count_;
+    }
+    return encoded;
+  }
+
+ private:
+  struct Slot {
+    bool prev_looked_up = false;
+    std::optional<mvccpb::KeyValue> prev;
+    EncodedEvent plain;      // without prev_kv
+    EncodedEvent with_prev;  // with prev_kv (if the key had one)
+  };
+
+  const kv::Store* store_;
+  const std::vector<mvccpb::Event>& events_;
+  std::vector<Slot> slots_;  // by event index
+  uint64_t* encoded_count_;
+};
+
 WatchHub::WatchHub(const kv::Store* store, WatchConfig config, HeaderFiller fill_header)
     : store_(store), config_(config), fill_header_(std::move(fill_header)) {
   KEEL_ASSERT(store_ != nullptr && config_.catchup_revisions_max > 0);
   delivered_through_ = store_->revision();
 }
 
-absl::StatusOr<WatchHub::StreamId> WatchHub::OpenStream(Sink sink) {
+absl::StatusOr<WatchHub::StreamId> WatchHub::OpenStream(Sink sink, EncodedSink encoded) {
+  KEEL_ASSERT(sink != nullptr);
   if (streams_.size() >= config_.streams_max) {
     return absl::ResourceExhaustedError("etcdserver: too many watch streams");
   }
   const StreamId id = next_stream_++;
-  streams_.emplace(id, Stream{.sink = std::move(sink)});
+  streams_.emplace(id, Stream{.sink = std::move(sink), .encoded = std::move(encoded)});
   return id;
 }
 
@@ -40,19 +103,23 @@ void WatchHub::CloseStream(StreamId stream) {
   streams_.erase(stream);
 }
 
+void WatchHub::FillHeader(etcdserverpb::WatchResponse& response) const {
+  if (fill_header_) fill_header_(response.mutable_header());
+  response.mutable_header()->set_revision(store_->revision());
+}
+
 bool WatchHub::Send(StreamId stream, etcdserverpb::WatchResponse& response) {
   auto it = streams_.find(stream);
   if (it == streams_.end()) return false;
-  if (fill_header_) fill_header_(response.mutable_header());
-  response.mutable_header()->set_revision(store_->revision());
+  FillHeader(response);
   return it->second.sink(response);
 }
 
-void WatchHub::Index(const WatcherKey& w, const Watcher& watcher) {
+void WatchHub::Index(const WatcherKey& w, Watcher& watcher) {
   if (watcher.end.empty()) {
     by_key_[watcher.key].insert(w);
   } else {
-    ranges_.emplace(watcher.key, w);
+    ranges_.emplace(watcher.key, RangeEntry{w, &watcher});
   }
 }
 
@@ -66,7 +133,7 @@ void WatchHub::Unindex(const WatcherKey& w, const Watcher& watcher) {
   }
   auto [first, last] = ranges_.equal_range(watcher.key);
   for (auto it = first; it != last; ++it) {
-    if (it->second == w) {
+    if (it->second.w == w) {
       ranges_.erase(it);
       return;
     }
@@ -183,27 +250,42 @@ void WatchHub::AnswerProgress(StreamId stream) {
   Send(stream, response);
 }
 
-bool WatchHub::Deliver(const WatcherKey& w, Watcher& watcher,
-                       const std::vector<const mvccpb::Event*>& events) {
+bool WatchHub::Deliver(const WatcherKey& w, Watcher& watcher, Batch& batch,
+                       const std::vector<size_t>& mine) {
+  auto s = streams_.find(w.stream);
+  const EncodedSink* encoded =
+      s != streams_.end() && s->second.encoded ? &s->second.encoded : nullptr;
+  // Sinks never call back into the hub: the scratch list is this call's alone.
+  KEEL_ASSERT(encoded_scratch_.empty());
   etcdserverpb::WatchResponse response;
   response.set_watch_id(w.id);
   int64_t last = watcher.next_rev - 1;
-  for (const mvccpb::Event* e : events) {
-    const int64_t rev = e->kv().mod_revision();
+  for (size_t i : mine) {
+    const mvccpb::Event& e = batch.event(i);
+    const int64_t rev = e.kv().mod_revision();
     if (rev < watcher.next_rev) continue;
     last = std::max(last, rev);
-    const bool put = e->type() == mvccpb::Event::PUT;
+    const bool put = e.type() == mvccpb::Event::PUT;
     if ((put && watcher.no_put) || (!put && watcher.no_delete)) continue;
+    if (encoded != nullptr) {
+      encoded_scratch_.push_back(batch.Encoded(i, watcher.prev_kv));
+      continue;
+    }
     mvccpb::Event* out = response.add_events();
-    *out = *e;
+    *out = e;
     if (watcher.prev_kv) {
-      // The key as it was just before: gone if compacted meanwhile (as in etcd).
-      absl::StatusOr<kv::RangeResult> prev =
-          store_->Range(kv::KeyRange{e->kv().key(), ""}, {.revision = rev - 1});
-      if (prev.ok() && !prev->kvs.empty()) *out->mutable_prev_kv() = prev->kvs.front();
+      if (const mvccpb::KeyValue* prev = batch.PrevKv(i)) *out->mutable_prev_kv() = *prev;
     }
   }
-  if (response.events_size() > 0 && !Send(w.stream, response)) return false;
+  bool taken = true;
+  if (!encoded_scratch_.empty()) {
+    FillHeader(response);
+    taken = (*encoded)(response, encoded_scratch_);
+    encoded_scratch_.clear();
+  } else if (response.events_size() > 0) {
+    taken = Send(w.stream, response);
+  }
+  if (!taken) return false;
   watcher.next_rev = last + 1;
   return true;
 }
@@ -211,35 +293,59 @@ bool WatchHub::Deliver(const WatcherKey& w, Watcher& watcher,
 void WatchHub::OnEvents(const std::vector<mvccpb::Event>& events) {
   if (events.empty()) return;
   delivered_through_ = std::max(delivered_through_, events.back().kv().mod_revision());
-  // Each matched watcher once, with its events in revision order.
-  std::vector<std::pair<WatcherKey, std::vector<const mvccpb::Event*>>> matched;
-  std::map<WatcherKey, std::vector<const mvccpb::Event*>> single;  // single-key watchers
+  Batch batch(store_, events, &events_encoded_);
+  // Each matched watcher once, with its events (indices, in revision order) as one of
+  // `lists`: watchers of the same range share theirs.
+  std::vector<std::vector<size_t>> lists;
+  struct Match {
+    WatcherKey w;
+    Watcher* watcher;
+    size_t list;  // index into lists
+  };
+  std::vector<Match> matched;
+  std::map<WatcherKey, std::vector<size_t>> single;  // single-key watchers
   std::string_view largest;
-  for (const mvccpb::Event& e : events) {
-    const std::string& k = e.kv().key();
+  for (size_t i = 0; i < events.size(); ++i) {
+    const std::string& k = events[i].kv().key();
     largest = std::max(largest, std::string_view(k));
     if (auto it = by_key_.find(k); it != by_key_.end()) {
-      for (const WatcherKey& w : it->second) single[w].push_back(&e);
+      for (const WatcherKey& w : it->second) single[w].push_back(i);
     }
   }
   // Range watchers: one pass over those that start at or below the largest key, each
-  // tested against the batch.
+  // range tested against the batch once (ranges with the same start are adjacent).
+  constexpr size_t kNoList = SIZE_MAX;  // the last range matched nothing
+  const Watcher* last_range = nullptr;
+  size_t last_list = kNoList;
   for (auto it = ranges_.begin(); it != ranges_.end() && it->first <= largest; ++it) {
-    const Watcher& watcher = watchers_.at(it->second);
-    const kv::KeyRange range{watcher.key, watcher.end};
-    std::vector<const mvccpb::Event*> mine;
-    for (const mvccpb::Event& e : events) {
-      if (range.Contains(e.kv().key())) mine.push_back(&e);
+    Watcher& watcher = *it->second.watcher;
+    if (last_range == nullptr || last_range->key != watcher.key || last_range->end != watcher.end) {
+      last_range = &watcher;
+      const kv::KeyRange range{watcher.key, watcher.end};
+      std::vector<size_t> mine;
+      for (size_t i = 0; i < events.size(); ++i) {
+        if (range.Contains(events[i].kv().key())) mine.push_back(i);
+      }
+      last_list = kNoList;
+      if (!mine.empty()) {
+        last_list = lists.size();
+        lists.push_back(std::move(mine));
+      }
     }
-    if (!mine.empty()) matched.emplace_back(it->second, std::move(mine));
+    if (last_list != kNoList) matched.push_back(Match{it->second.w, &watcher, last_list});
   }
-  for (auto& [w, evs] : single) matched.emplace_back(w, std::move(evs));
+  for (auto& [w, evs] : single) {
+    matched.push_back(Match{w, &watchers_.at(w), lists.size()});
+    lists.push_back(std::move(evs));
+  }
   std::sort(matched.begin(), matched.end(),
-            [](const auto& a, const auto& b) { return a.first < b.first; });  // by stream, id
-  for (auto& [w, evs] : matched) {
-    Watcher& watcher = watchers_.at(w);
-    const int64_t first = evs.front()->kv().mod_revision();
-    if (!Deliver(w, watcher, evs)) {
+            [](const Match& a, const Match& b) { return a.w < b.w; });  // by stream, id
+  for (const Match& m : matched) {
+    const WatcherKey& w = m.w;
+    Watcher& watcher = *m.watcher;
+    const std::vector<size_t>& evs = lists[m.list];
+    const int64_t first = events[evs.front()].kv().mod_revision();
+    if (!Deliver(w, watcher, batch, evs)) {
       // A slow client: it catches up from history, from the first event it missed.
       Unsync(w, watcher, std::max(first, watcher.next_rev));
     }
@@ -312,14 +418,16 @@ bool WatchHub::CatchUpGroup(int64_t from, const std::vector<WatcherKey>& group) 
   if (from < upto && !store_->Events(from, upto, &history).ok()) {
     return false;  // a storage failure: the node stops on its own
   }
+  Batch batch(store_, history, &events_encoded_);
   bool progressed = false;
   for (const WatcherKey& w : group) {
     Watcher& watcher = watchers_.at(w);
-    std::vector<const mvccpb::Event*> mine;
-    for (const mvccpb::Event& e : history) {
-      if (kv::KeyRange{watcher.key, watcher.end}.Contains(e.kv().key())) mine.push_back(&e);
+    const kv::KeyRange range{watcher.key, watcher.end};
+    std::vector<size_t> mine;
+    for (size_t i = 0; i < history.size(); ++i) {
+      if (range.Contains(history[i].kv().key())) mine.push_back(i);
     }
-    if (!Deliver(w, watcher, mine)) continue;  // still slow: next time
+    if (!Deliver(w, watcher, batch, mine)) continue;  // still slow: next time
     progressed = true;
     watcher.next_rev = std::max(watcher.next_rev, upto);
     if (config_.bugs.skip_first_event_after_batch && upto <= current) ++watcher.next_rev;
@@ -335,6 +443,10 @@ bool WatchHub::CatchUpGroup(int64_t from, const std::vector<WatcherKey>& group) 
 size_t WatchHub::unsynced() const { return unsynced_.size(); }
 
 void WatchHub::CheckInvariants() const {
+  for (const auto& [key, entry] : ranges_) {
+    auto it = watchers_.find(entry.w);
+    KEEL_ASSERT(it != watchers_.end() && &it->second == entry.watcher && key == it->second.key);
+  }
   size_t indexed = ranges_.size();
   for (const auto& [key, ws] : by_key_) indexed += ws.size();
   size_t synced = 0;

@@ -26,12 +26,25 @@
 // Control responses (created, canceled, progress) are always taken by the Sink; only
 // event responses may be refused.
 //
+// Encoded delivery. One put under a prefix that a thousand watchers watch is a thousand
+// responses carrying the same event. A stream opened with an EncodedSink gets its event
+// responses as the response without its events (watch_id, header) plus the events'
+// bytes, each event serialized once per delivery round (one OnEvents, one catch-up read)
+// for every watcher and stream it goes to, and once more with prev_kv if a watcher asked
+// for it (the prev_kv lookup is the same for every watcher: it is done once too). The
+// host writes the response's bytes and then the events' (protobuf's wire format makes the
+// concatenation the whole response) without copying an event per watcher. Control
+// responses still go through the Sink. A stream opened without one (the simulator,
+// tests) gets every response whole, as before; both paths deliver the same responses.
+//
 // Single-threaded; the hub reads the store, never writes it.
 
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -41,7 +54,6 @@
 #include "core/etcdpb/kv.pb.h"
 #include "core/kv/store.h"
 #include "core/types.h"
-
 
 namespace keel::watch {
 
@@ -59,6 +71,15 @@ struct WatchConfig {
   WatchPlantedBugs bugs;
 };
 
+// One event as it goes on the wire, shared (read-only, by any thread) by every response
+// that carries it: the bytes of a WatchResponse whose only field is this one event (field
+// `events`: its tag, its length, the serialized mvccpb::Event with prev_kv if asked). A
+// response's bytes without events followed by its events' bytes are the whole response.
+using EncodedEvent = std::shared_ptr<const std::string>;
+
+// Encodes `event` (with `prev_kv` set if not null) as above.
+EncodedEvent EncodeEvent(const mvccpb::Event& event, const mvccpb::KeyValue* prev_kv = nullptr);
+
 class WatchHub {
  public:
   using StreamId = uint64_t;
@@ -66,14 +87,22 @@ class WatchHub {
   // response was not taken). The sink may move from the response: the hub does not
   // use it after.
   using Sink = std::function<bool(etcdserverpb::WatchResponse&)>;
+  // A stream's way to its client for event responses, encoded: `meta` is the response
+  // without its events (watch_id, header), `events` (never empty) follow it in order.
+  // Returns false if the client cannot take it now, as Sink. The sink may move from
+  // `meta`, and keeps what it needs of `events` (a copy of a pointer shares the bytes).
+  using EncodedSink =
+      std::function<bool(etcdserverpb::WatchResponse& meta, std::span<const EncodedEvent> events)>;
   // Fills a response header's cluster, member and term (the hub sets the revision).
   using HeaderFiller = std::function<void(etcdserverpb::ResponseHeader*)>;
 
   // Requires: store outlives the hub.
   WatchHub(const kv::Store* store, WatchConfig config, HeaderFiller fill_header);
 
-  // ResourceExhausted beyond streams_max.
-  absl::StatusOr<StreamId> OpenStream(Sink sink);
+  // ResourceExhausted beyond streams_max. With `encoded`, event responses go through it
+  // (see "Encoded delivery" above), every other response through `sink`.
+  // Requires: sink.
+  absl::StatusOr<StreamId> OpenStream(Sink sink, EncodedSink encoded = nullptr);
   void CloseStream(StreamId stream);
   // Creates a watcher and answers `created` (or created + canceled with etcd's reason).
   void Create(StreamId stream, const etcdserverpb::WatchCreateRequest& request);
@@ -91,6 +120,9 @@ class WatchHub {
 
   size_t watchers() const { return watchers_.size(); }
   size_t unsynced() const;
+  // Events serialized for encoded sinks since the hub started (with and without prev_kv
+  // counted apart): at most twice per event per delivery round, whatever the fan-out.
+  uint64_t events_encoded() const { return events_encoded_; }
   void CheckInvariants() const;
 
  private:
@@ -111,17 +143,24 @@ class WatchHub {
   };
   struct Stream {
     Sink sink;
+    EncodedSink encoded;  // may be empty: events go through `sink`
     int64_t next_id = 0;
     bool progress_wanted = false;
   };
+  class Batch;  // the events of one delivery round (watch_hub.cc)
 
+  // The header: the host's fields, and the store's revision.
+  void FillHeader(etcdserverpb::WatchResponse& response) const;
+  // Fills the header and hands the response to the stream's sink.
   bool Send(StreamId stream, etcdserverpb::WatchResponse& response);
-  void Index(const WatcherKey& w, const Watcher& watcher);
+  // Requires: `watcher` is w's, in watchers_.
+  void Index(const WatcherKey& w, Watcher& watcher);
   void Unindex(const WatcherKey& w, const Watcher& watcher);
   void Remove(const WatcherKey& w);
-  // Delivers `events` (whole revisions, ascending) to one watcher; false if refused.
-  bool Deliver(const WatcherKey& w, Watcher& watcher,
-               const std::vector<const mvccpb::Event*>& events);
+  // Delivers the batch's events `mine` (indices: whole revisions, ascending) to one
+  // watcher; false if refused.
+  bool Deliver(const WatcherKey& w, Watcher& watcher, Batch& batch,
+               const std::vector<size_t>& mine);
   void Unsync(const WatcherKey& w, Watcher& watcher, int64_t next_rev);
   void CatchUp();
   bool CatchUpGroup(int64_t from, const std::vector<WatcherKey>& group);
@@ -133,12 +172,20 @@ class WatchHub {
   StreamId next_stream_ = 1;
   std::map<StreamId, Stream> streams_;
   std::map<WatcherKey, Watcher> watchers_;
-  // Synced watchers by what they watch: single keys, and ranges by their start key.
+  // Synced watchers by what they watch: single keys, and ranges by their start key (with
+  // the watcher itself: watchers_ never moves its elements, and Unindex comes before any
+  // erase).
+  struct RangeEntry {
+    WatcherKey w;
+    Watcher* watcher;
+  };
   absl::btree_map<std::string, std::set<WatcherKey>, std::less<>> by_key_;
-  std::multimap<std::string, WatcherKey, std::less<>> ranges_;
+  std::multimap<std::string, RangeEntry, std::less<>> ranges_;
   std::set<WatcherKey> unsynced_;
   Nanos last_progress_{0};
   int64_t delivered_through_ = 0;  // the latest revision OnEvents reported
+  uint64_t events_encoded_ = 0;
+  std::vector<EncodedEvent> encoded_scratch_;  // one response's events, reused
 };
 
 }  // namespace keel::watch

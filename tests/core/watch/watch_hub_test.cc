@@ -6,6 +6,12 @@
 // (RequestProgress and progress_notify), Cancel, CloseStream, OnRestored, and the planted
 // catch-up bug. Every response is compared exactly, and the hub's invariants are checked
 // after every step.
+//
+// Every test runs twice: with streams that take whole responses (Sink), and with streams
+// that take event responses encoded (EncodedSink: the response without events, then the
+// events' shared bytes), whose client parses the concatenation back: both deliveries
+// must be the same responses. The encoded path's own promises (each event encoded once
+// per round, its bytes shared) have their tests at the end.
 
 #include "core/watch/watch_hub.h"
 
@@ -14,6 +20,7 @@
 
 #include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -77,6 +84,8 @@ struct Client {
   std::vector<WatchResponse> got;
   bool slow = false;
   int refused = 0;
+  // Encoded streams: the bytes each taken event response's events pointed at.
+  std::vector<std::vector<const std::string*>> event_bytes;
 
   // The responses taken since the last Take, as strings.
   std::vector<std::string> Take() {
@@ -123,7 +132,23 @@ std::vector<int64_t> Range(int64_t from, int64_t to) {  // [from, to]
   return out;
 }
 
-class WatchHubTest : public ::testing::Test {
+// How the tests' streams take event responses.
+enum class Delivery { kWhole, kEncoded };
+
+std::string DeliveryName(const ::testing::TestParamInfo<Delivery>& info) {
+  return info.param == Delivery::kWhole ? "Whole" : "Encoded";
+}
+
+// What an encoded sink's client reads: the response's bytes, then its events' bytes.
+WatchResponse Concatenated(const WatchResponse& meta, std::span<const EncodedEvent> events) {
+  std::string wire = meta.SerializeAsString();
+  for (const EncodedEvent& e : events) wire += *e;
+  WatchResponse parsed;
+  EXPECT_TRUE(parsed.ParseFromString(wire));
+  return parsed;
+}
+
+class WatchHubTest : public ::testing::TestWithParam<Delivery> {
  protected:
   void SetUp() override { Init({}); }
 
@@ -136,15 +161,37 @@ class WatchHubTest : public ::testing::Test {
     Check();
   }
 
-  StreamId Open(Client& c) {
-    absl::StatusOr<StreamId> s = hub->OpenStream([&c](const WatchResponse& r) {
+  StreamId Open(Client& c) { return Open(c, GetParam()); }
+  StreamId Open(Client& c, Delivery delivery) {
+    const bool encoded = delivery == Delivery::kEncoded;
+    auto take = [&c](const WatchResponse& r) {
       if (c.slow && r.events_size() > 0) {
         ++c.refused;
         return false;
       }
       c.got.push_back(r);
       return true;
-    });
+    };
+    WatchHub::EncodedSink encoded_sink;
+    if (encoded) {
+      encoded_sink = [take, &c](WatchResponse& meta, std::span<const EncodedEvent> events) {
+        EXPECT_EQ(meta.events_size(), 0);
+        EXPECT_FALSE(events.empty());
+        if (!take(Concatenated(meta, events))) return false;
+        std::vector<const std::string*> bytes;
+        for (const EncodedEvent& e : events) bytes.push_back(e.get());
+        c.event_bytes.push_back(std::move(bytes));
+        return true;
+      };
+    }
+    absl::StatusOr<StreamId> s = hub->OpenStream(
+        [take, encoded](const WatchResponse& r) {
+          if (encoded) {
+            EXPECT_EQ(r.events_size(), 0) << "events bypassed the encoded sink";
+          }
+          return take(r);
+        },
+        std::move(encoded_sink));
     EXPECT_TRUE(s.ok()) << s.status();
     Check();
     return s.value_or(0);
@@ -215,7 +262,7 @@ class WatchHubTest : public ::testing::Test {
 
 // ---------------------------------------------------------------- created responses
 
-TEST_F(WatchHubTest, AutomaticIdsAreZeroOneTwoOnEachStreamAndEveryResponseHasAFullHeader) {
+TEST_P(WatchHubTest, AutomaticIdsAreZeroOneTwoOnEachStreamAndEveryResponseHasAFullHeader) {
   Client a, b;
   StreamId sa = Open(a), sb = Open(b);
   EXPECT_NE(sa, sb);
@@ -234,7 +281,7 @@ TEST_F(WatchHubTest, AutomaticIdsAreZeroOneTwoOnEachStreamAndEveryResponseHasAFu
   EXPECT_EQ(hub->unsynced(), 0u);
 }
 
-TEST_F(WatchHubTest, AClientChosenIdIsKeptAndAutomaticIdsSkipIt) {
+TEST_P(WatchHubTest, AClientChosenIdIsKeptAndAutomaticIdsSkipIt) {
   Client a;
   StreamId s = Open(a);
   Create(s, WithId(Watch("x"), 1));
@@ -248,7 +295,7 @@ TEST_F(WatchHubTest, AClientChosenIdIsKeptAndAutomaticIdsSkipIt) {
                                     "w100 @2: PUT x=v@2"));
 }
 
-TEST_F(WatchHubTest, ADuplicateIdIsAnsweredCreatedAndCanceledWithEtcdsReasonAndChangesNothing) {
+TEST_P(WatchHubTest, ADuplicateIdIsAnsweredCreatedAndCanceledWithEtcdsReasonAndChangesNothing) {
   Client a, b;
   StreamId sa = Open(a), sb = Open(b);
   Create(sa, WithId(Watch("x"), 5));
@@ -264,7 +311,7 @@ TEST_F(WatchHubTest, ADuplicateIdIsAnsweredCreatedAndCanceledWithEtcdsReasonAndC
   EXPECT_THAT(b.Take(), ElementsAre("w5 @3: PUT y=2@3"));
 }
 
-TEST_F(WatchHubTest, AnEmptyRangeIsAnsweredCreatedAndCanceledWithEtcdsReason) {
+TEST_P(WatchHubTest, AnEmptyRangeIsAnsweredCreatedAndCanceledWithEtcdsReason) {
   Client a;
   StreamId s = Open(a);
   Create(s, Watch("b", "a"));
@@ -280,7 +327,7 @@ TEST_F(WatchHubTest, AnEmptyRangeIsAnsweredCreatedAndCanceledWithEtcdsReason) {
   EXPECT_EQ(hub->watchers(), 3u);
 }
 
-TEST_F(WatchHubTest, WatchersPerStreamMaxRefusesTheNextWatcherOnThatStreamOnly) {
+TEST_P(WatchHubTest, WatchersPerStreamMaxRefusesTheNextWatcherOnThatStreamOnly) {
   Init({.watchers_per_stream_max = 2});
   Client a, b;
   StreamId sa = Open(a), sb = Open(b);
@@ -299,7 +346,7 @@ TEST_F(WatchHubTest, WatchersPerStreamMaxRefusesTheNextWatcherOnThatStreamOnly) 
   EXPECT_THAT(a.Take(), ElementsAre("w0 canceled @1", "w2 created @1"));
 }
 
-TEST_F(WatchHubTest, StreamsMaxRefusesAnotherStreamWithResourceExhaustedUntilOneCloses) {
+TEST_P(WatchHubTest, StreamsMaxRefusesAnotherStreamWithResourceExhaustedUntilOneCloses) {
   Init({.streams_max = 2});
   Client a, b, c;
   StreamId sa = Open(a);
@@ -314,7 +361,7 @@ TEST_F(WatchHubTest, StreamsMaxRefusesAnotherStreamWithResourceExhaustedUntilOne
 
 // ---------------------------------------------------------------- synced delivery
 
-TEST_F(WatchHubTest, ASyncedWatchOfAKeySeesLaterPutsAndDeletesOfThatKeyOnly) {
+TEST_P(WatchHubTest, ASyncedWatchOfAKeySeesLaterPutsAndDeletesOfThatKeyOnly) {
   Client a;
   StreamId s = Open(a);
   Create(s, Watch("a"));
@@ -329,7 +376,7 @@ TEST_F(WatchHubTest, ASyncedWatchOfAKeySeesLaterPutsAndDeletesOfThatKeyOnly) {
   EXPECT_EQ(hub->unsynced(), 0u);
 }
 
-TEST_F(WatchHubTest, APrefixRangeWatchSeesTheKeysOfItsRangeOnly) {
+TEST_P(WatchHubTest, APrefixRangeWatchSeesTheKeysOfItsRangeOnly) {
   Client a;
   StreamId s = Open(a);
   Create(s, Watch("a/", "a0"));  // the prefix "a/"
@@ -346,7 +393,7 @@ TEST_F(WatchHubTest, APrefixRangeWatchSeesTheKeysOfItsRangeOnly) {
                                     "w0 @8: DEL a/@8, DEL a/x@8, DEL a/y/z@8"));
 }
 
-TEST_F(WatchHubTest, ANulRangeEndWatchesEveryKeyFromTheKeyAndWithAnEmptyKeyEveryKey) {
+TEST_P(WatchHubTest, ANulRangeEndWatchesEveryKeyFromTheKeyAndWithAnEmptyKeyEveryKey) {
   Client a;
   StreamId s = Open(a);
   Create(s, Watch("m", kNul));
@@ -359,7 +406,7 @@ TEST_F(WatchHubTest, ANulRangeEndWatchesEveryKeyFromTheKeyAndWithAnEmptyKeyEvery
                                     "w0 @4: PUT zz=3@4", "w1 @4: PUT zz=3@4"));
 }
 
-TEST_F(WatchHubTest, TheEventsOfOneCommandArriveTogetherInOneResponse) {
+TEST_P(WatchHubTest, TheEventsOfOneCommandArriveTogetherInOneResponse) {
   Client a;
   StreamId s = Open(a);
   Create(s, Watch("", kNul));
@@ -371,7 +418,7 @@ TEST_F(WatchHubTest, TheEventsOfOneCommandArriveTogetherInOneResponse) {
                                     "w0 @3: PUT d=4@3, PUT e=5@3"));
 }
 
-TEST_F(WatchHubTest, NoPutAndNoDeleteFiltersDropThoseEventsOnly) {
+TEST_P(WatchHubTest, NoPutAndNoDeleteFiltersDropThoseEventsOnly) {
   Client a;
   StreamId s = Open(a);
   WatchCreateRequest no_put = Watch("", kNul);
@@ -394,7 +441,7 @@ TEST_F(WatchHubTest, NoPutAndNoDeleteFiltersDropThoseEventsOnly) {
                                     "w0 @5: DEL b@5", "w1 @5: PUT c=3@5"));
 }
 
-TEST_F(WatchHubTest, PrevKvIsTheKeyAsItWasJustBeforeAndAbsentForANewKey) {
+TEST_P(WatchHubTest, PrevKvIsTheKeyAsItWasJustBeforeAndAbsentForANewKey) {
   Client a;
   StreamId s = Open(a);
   WatchCreateRequest req = Watch("a");
@@ -414,7 +461,7 @@ TEST_F(WatchHubTest, PrevKvIsTheKeyAsItWasJustBeforeAndAbsentForANewKey) {
                           "w0 @6: PUT a=3@6", "w1 @6: PUT a=3@6"));
 }
 
-TEST_F(WatchHubTest, AWatchFromAFutureRevisionSkipsEventsBelowItsStart) {
+TEST_P(WatchHubTest, AWatchFromAFutureRevisionSkipsEventsBelowItsStart) {
   Client a;
   StreamId s = Open(a);
   Create(s, Watch("a", "", 4));
@@ -431,7 +478,7 @@ TEST_F(WatchHubTest, AWatchFromAFutureRevisionSkipsEventsBelowItsStart) {
 
 // ---------------------------------------------------------------- catch-up
 
-TEST_F(WatchHubTest, AWatchFromThePastCatchesUpAtCreateThenGetsLiveEventsWithoutGapOrDuplicate) {
+TEST_P(WatchHubTest, AWatchFromThePastCatchesUpAtCreateThenGetsLiveEventsWithoutGapOrDuplicate) {
   Put("a", "1");  // 2
   Put("b", "2");  // 3
   Put("a", "3");  // 4
@@ -450,7 +497,7 @@ TEST_F(WatchHubTest, AWatchFromThePastCatchesUpAtCreateThenGetsLiveEventsWithout
   EXPECT_THAT(a.Take(), ElementsAre("w0 @6: PUT a=5@6 prev a=4@5", "w1 @6: PUT a=5@6"));
 }
 
-TEST_F(WatchHubTest, AWatchFromThePastWhoseClientIsBusyCatchesUpOnTickThenGoesLive) {
+TEST_P(WatchHubTest, AWatchFromThePastWhoseClientIsBusyCatchesUpOnTickThenGoesLive) {
   for (int i = 2; i <= 6; ++i) Put("k", absl::StrCat(i));
   Client a;
   StreamId s = Open(a);
@@ -469,7 +516,7 @@ TEST_F(WatchHubTest, AWatchFromThePastWhoseClientIsBusyCatchesUpOnTickThenGoesLi
   EXPECT_THAT(a.Take(), ElementsAre("w0 @8: PUT k=8@8"));
 }
 
-TEST_F(WatchHubTest, SmallCatchUpBatchesDeliverEveryRevisionExactlyOnceInOrder) {
+TEST_P(WatchHubTest, SmallCatchUpBatchesDeliverEveryRevisionExactlyOnceInOrder) {
   Init({.catchup_revisions_max = 2});
   for (int r = 2; r <= 13; ++r) Put(r % 2 == 0 ? "a" : "b", absl::StrCat(r));
   Client c;
@@ -493,7 +540,7 @@ TEST_F(WatchHubTest, SmallCatchUpBatchesDeliverEveryRevisionExactlyOnceInOrder) 
   EXPECT_THAT(c.Take(), ElementsAre("w0 @15: PUT a=15@15"));
 }
 
-TEST_F(WatchHubTest, ManyPastWatchersAtDifferentRevisionsEachGetEveryRevisionOnce) {
+TEST_P(WatchHubTest, ManyPastWatchersAtDifferentRevisionsEachGetEveryRevisionOnce) {
   Init({.catchup_revisions_max = 3});
   for (int r = 2; r <= 20; ++r) Put(absl::StrCat("k", r % 3), absl::StrCat(r));
   Client c;
@@ -513,7 +560,7 @@ TEST_F(WatchHubTest, ManyPastWatchersAtDifferentRevisionsEachGetEveryRevisionOnc
 
 // ---------------------------------------------------------------- slow clients
 
-TEST_F(WatchHubTest, ASlowClientFallsBehindAndCatchesUpExactlyFromTheFirstRefusedRevision) {
+TEST_P(WatchHubTest, ASlowClientFallsBehindAndCatchesUpExactlyFromTheFirstRefusedRevision) {
   Client a;
   StreamId s = Open(a);
   Create(s, Watch("a"));
@@ -540,7 +587,7 @@ TEST_F(WatchHubTest, ASlowClientFallsBehindAndCatchesUpExactlyFromTheFirstRefuse
   EXPECT_THAT(a.Take(), ElementsAre("w0 @7: PUT a=5@7"));
 }
 
-TEST_F(WatchHubTest, ASlowClientNeverGetsARevisionSplitAcrossResponses) {
+TEST_P(WatchHubTest, ASlowClientNeverGetsARevisionSplitAcrossResponses) {
   Init({.catchup_revisions_max = 1});
   Client a;
   StreamId s = Open(a);
@@ -558,7 +605,7 @@ TEST_F(WatchHubTest, ASlowClientNeverGetsARevisionSplitAcrossResponses) {
   EXPECT_EQ(hub->unsynced(), 0u);
 }
 
-TEST_F(WatchHubTest, ASlowClientDoesNotHoldBackLiveEventsOfAnotherStream) {
+TEST_P(WatchHubTest, ASlowClientDoesNotHoldBackLiveEventsOfAnotherStream) {
   Client slow, fast;
   StreamId s1 = Open(slow), s2 = Open(fast);
   Create(s1, Watch("a"));
@@ -579,7 +626,7 @@ TEST_F(WatchHubTest, ASlowClientDoesNotHoldBackLiveEventsOfAnotherStream) {
 
 // etcd moves a slow watcher aside (its victims) so the other watchers' catch-up goes on;
 // the header promises a catch-up for every unsynced watcher, whatever another client does.
-TEST_F(WatchHubTest, ASlowClientDoesNotHoldBackTheCatchUpOfAnotherStreamsWatcher) {
+TEST_P(WatchHubTest, ASlowClientDoesNotHoldBackTheCatchUpOfAnotherStreamsWatcher) {
   Init({.catchup_revisions_max = 2});
   Client slow, fast;
   StreamId s1 = Open(slow), s2 = Open(fast);
@@ -601,7 +648,7 @@ TEST_F(WatchHubTest, ASlowClientDoesNotHoldBackTheCatchUpOfAnotherStreamsWatcher
 
 // ---------------------------------------------------------------- compaction
 
-TEST_F(WatchHubTest, AWatchFromACompactedRevisionIsCanceledWithTheFirstRevisionItMayWatchFrom) {
+TEST_P(WatchHubTest, AWatchFromACompactedRevisionIsCanceledWithTheFirstRevisionItMayWatchFrom) {
   for (int r = 2; r <= 6; ++r) Put("a", absl::StrCat(r));
   Compact(4);
   Client c;
@@ -617,7 +664,7 @@ TEST_F(WatchHubTest, AWatchFromACompactedRevisionIsCanceledWithTheFirstRevisionI
   EXPECT_EQ(hub->unsynced(), 0u);
 }
 
-TEST_F(WatchHubTest, ASlowWatcherOvertakenByACompactionIsCanceledWithCompactedPlusOne) {
+TEST_P(WatchHubTest, ASlowWatcherOvertakenByACompactionIsCanceledWithCompactedPlusOne) {
   Client c, d;
   StreamId s = Open(c), t = Open(d);
   Create(s, Watch("a"));
@@ -642,7 +689,7 @@ TEST_F(WatchHubTest, ASlowWatcherOvertakenByACompactionIsCanceledWithCompactedPl
   EXPECT_EQ(hub->unsynced(), 0u);
 }
 
-TEST_F(WatchHubTest, ASyncedWatcherIsUnaffectedByACompactionAndCanStillFallBehindAfterIt) {
+TEST_P(WatchHubTest, ASyncedWatcherIsUnaffectedByACompactionAndCanStillFallBehindAfterIt) {
   Client c;
   StreamId s = Open(c);
   Create(s, Watch("a"));
@@ -659,7 +706,7 @@ TEST_F(WatchHubTest, ASyncedWatcherIsUnaffectedByACompactionAndCanStillFallBehin
 
 // ---------------------------------------------------------------- progress
 
-TEST_F(WatchHubTest, RequestProgressIsAnsweredAtOnceWhenEveryWatcherOfTheStreamIsSynced) {
+TEST_P(WatchHubTest, RequestProgressIsAnsweredAtOnceWhenEveryWatcherOfTheStreamIsSynced) {
   Client c;
   StreamId s = Open(c);
   RequestProgress(s);  // no watchers: nothing to wait for
@@ -672,7 +719,7 @@ TEST_F(WatchHubTest, RequestProgressIsAnsweredAtOnceWhenEveryWatcherOfTheStreamI
   EXPECT_THAT(c.Take(), IsEmpty());  // answered once
 }
 
-TEST_F(WatchHubTest, RequestProgressWaitsUntilEveryWatcherOfTheStreamHasCaughtUp) {
+TEST_P(WatchHubTest, RequestProgressWaitsUntilEveryWatcherOfTheStreamHasCaughtUp) {
   Client c, other;
   StreamId s = Open(c), t = Open(other);
   Create(s, Watch("a"));
@@ -697,7 +744,8 @@ TEST_F(WatchHubTest, RequestProgressWaitsUntilEveryWatcherOfTheStreamHasCaughtUp
   EXPECT_THAT(c.Take(), IsEmpty());
 }
 
-TEST_F(WatchHubTest, ProgressNotifySendsAnEmptyResponseEveryIntervalToSyncedWatchersThatAskedForIt) {
+TEST_P(WatchHubTest,
+       ProgressNotifySendsAnEmptyResponseEveryIntervalToSyncedWatchersThatAskedForIt) {
   Init({.progress_interval = std::chrono::seconds(10)});
   Client c, slow;
   StreamId s = Open(c), t = Open(slow);
@@ -727,7 +775,7 @@ TEST_F(WatchHubTest, ProgressNotifySendsAnEmptyResponseEveryIntervalToSyncedWatc
 
 // ---------------------------------------------------------------- cancel, close
 
-TEST_F(WatchHubTest, CancelAnswersCanceledAndStopsEventsAndAnUnknownIdIsIgnored) {
+TEST_P(WatchHubTest, CancelAnswersCanceledAndStopsEventsAndAnUnknownIdIsIgnored) {
   Client c, other;
   StreamId s = Open(c), t = Open(other);
   Create(s, Watch("a"));
@@ -748,7 +796,7 @@ TEST_F(WatchHubTest, CancelAnswersCanceledAndStopsEventsAndAnUnknownIdIsIgnored)
   EXPECT_THAT(c.Take(), IsEmpty());
 }
 
-TEST_F(WatchHubTest, CancelOfAWatcherThatIsBehindRemovesItFromTheCatchUp) {
+TEST_P(WatchHubTest, CancelOfAWatcherThatIsBehindRemovesItFromTheCatchUp) {
   Client c;
   StreamId s = Open(c);
   Create(s, Watch("a"));
@@ -762,7 +810,7 @@ TEST_F(WatchHubTest, CancelOfAWatcherThatIsBehindRemovesItFromTheCatchUp) {
   EXPECT_THAT(c.Take(), ElementsAre("w0 created @1", "w0 canceled @2"));
 }
 
-TEST_F(WatchHubTest, CloseStreamRemovesItsWatchersAndLeavesOtherStreamsAlone) {
+TEST_P(WatchHubTest, CloseStreamRemovesItsWatchersAndLeavesOtherStreamsAlone) {
   Client c, other;
   StreamId s = Open(c), t = Open(other);
   Create(s, Watch("a"));
@@ -786,7 +834,7 @@ TEST_F(WatchHubTest, CloseStreamRemovesItsWatchersAndLeavesOtherStreamsAlone) {
 
 // ---------------------------------------------------------------- restore
 
-TEST_F(WatchHubTest, OnRestoredMakesEveryWatcherCatchUpWithoutLosingOrRepeatingAnEvent) {
+TEST_P(WatchHubTest, OnRestoredMakesEveryWatcherCatchUpWithoutLosingOrRepeatingAnEvent) {
   Client c;
   StreamId s = Open(c);
   Create(s, Watch("a"));
@@ -810,7 +858,7 @@ TEST_F(WatchHubTest, OnRestoredMakesEveryWatcherCatchUpWithoutLosingOrRepeatingA
                                     "w2 @7: PUT z=6@7"));
 }
 
-TEST_F(WatchHubTest, OnRestoredKeepsAWatcherThatWasBehindAtItsOwnRevision) {
+TEST_P(WatchHubTest, OnRestoredKeepsAWatcherThatWasBehindAtItsOwnRevision) {
   Client c;
   StreamId s = Open(c);
   Create(s, Watch("a"));
@@ -829,7 +877,7 @@ TEST_F(WatchHubTest, OnRestoredKeepsAWatcherThatWasBehindAtItsOwnRevision) {
 // A synced watcher has been given everything up to the store's revision (the header: it
 // "is at the store's revision"), so it needs no history at or below a compaction made at
 // that revision; the restored state's history from there on is whole.
-TEST_F(WatchHubTest, OnRestoredDoesNotCancelASyncedWatcherThatNeedsNoCompactedHistory) {
+TEST_P(WatchHubTest, OnRestoredDoesNotCancelASyncedWatcherThatNeedsNoCompactedHistory) {
   Client c;
   StreamId s = Open(c);
   Create(s, Watch("a"));
@@ -866,15 +914,147 @@ class PlantedBugTest : public WatchHubTest {
   }
 };
 
-TEST_F(PlantedBugTest, TheCorrectHubDeliversEveryRevisionAcrossBatchBoundaries) {
+TEST_P(PlantedBugTest, TheCorrectHubDeliversEveryRevisionAcrossBatchBoundaries) {
   EXPECT_EQ(CatchUp(false), Range(2, 7));
 }
 
-TEST_F(PlantedBugTest, SkipFirstEventAfterBatchLosesTheFirstEventAfterEachBatchBoundary) {
+TEST_P(PlantedBugTest, SkipFirstEventAfterBatchLosesTheFirstEventAfterEachBatchBoundary) {
   // Batch [2,4) ends on a boundary: 4 is lost; the next batch starts at 5, [5,7), and 7 is
   // lost in the same way.
   EXPECT_EQ(CatchUp(true), (std::vector<int64_t>{2, 3, 5, 6}));
 }
+
+// ---------------------------------------------------------------- encoded delivery
+
+using EncodedDeliveryTest = WatchHubTest;
+
+TEST_P(EncodedDeliveryTest, EachEventIsEncodedOncePerRoundAndItsBytesAreSharedByEveryWatcher) {
+  Put("p/a", "0");  // 2: p/a has a previous value at 3
+  Client a, b, c;
+  StreamId sa = Open(a), sb = Open(b), sc = Open(c);
+  for (StreamId s : {sa, sb, sc}) {
+    for (int i = 0; i < 4; ++i) Create(s, Watch("p/", "p0"));  // ids 0..3
+    Create(s, Watch("p/a"));                                   // 4
+  }
+  WatchCreateRequest with_prev = Watch("p/", "p0");
+  with_prev.set_prev_kv(true);
+  Create(sc, with_prev);  // 5
+  Create(sc, with_prev);  // 6
+  a.Take();
+  b.Take();
+  c.Take();
+  const uint64_t before = hub->events_encoded();
+  Apply({{"p/a", "1"}, {"p/b", "2"}, {"p/c", "3"}});  // 3: one round, 17 watchers
+  // Three events without prev_kv, three with: six, not one per watcher and event.
+  EXPECT_EQ(hub->events_encoded() - before, 6u);
+  EXPECT_THAT(c.Take(),
+              ElementsAre("w0 @3: PUT p/a=1@3, PUT p/b=2@3, PUT p/c=3@3",
+                          "w1 @3: PUT p/a=1@3, PUT p/b=2@3, PUT p/c=3@3",
+                          "w2 @3: PUT p/a=1@3, PUT p/b=2@3, PUT p/c=3@3",
+                          "w3 @3: PUT p/a=1@3, PUT p/b=2@3, PUT p/c=3@3", "w4 @3: PUT p/a=1@3",
+                          "w5 @3: PUT p/a=1@3 prev p/a=0@2, PUT p/b=2@3, PUT p/c=3@3",
+                          "w6 @3: PUT p/a=1@3 prev p/a=0@2, PUT p/b=2@3, PUT p/c=3@3"));
+  // The same bytes, not copies, wherever an event went.
+  std::set<const std::string*> plain, prev;
+  for (Client* client : {&a, &b, &c}) {
+    for (size_t r = 0; r < client->event_bytes.size(); ++r) {
+      std::set<const std::string*>& into = client == &c && r >= 5 ? prev : plain;
+      into.insert(client->event_bytes[r].begin(), client->event_bytes[r].end());
+    }
+  }
+  EXPECT_EQ(plain.size(), 3u);
+  EXPECT_EQ(prev.size(), 3u);
+  // Another round encodes its own events.
+  Put("p/b", "4");
+  EXPECT_EQ(hub->events_encoded() - before, 8u);
+}
+
+TEST_P(EncodedDeliveryTest, ACatchUpReadIsEncodedOnceForEveryWatcherBehindByTheSameRevision) {
+  for (int r = 2; r <= 6; ++r) Put("k", absl::StrCat(r));
+  Client a, b;
+  StreamId sa = Open(a), sb = Open(b);
+  a.slow = true;
+  b.slow = true;
+  for (int i = 0; i < 3; ++i) {
+    Create(sa, Watch("k", "", 2));
+    Create(sb, Watch("k", "", 2));
+  }
+  EXPECT_EQ(hub->unsynced(), 6u);
+  const uint64_t before = hub->events_encoded();
+  a.slow = false;
+  b.slow = false;
+  Tick();  // one read of [2, 7) for the six of them
+  EXPECT_EQ(hub->unsynced(), 0u);
+  EXPECT_EQ(hub->events_encoded() - before, 5u);
+  for (int64_t id = 0; id < 3; ++id) {
+    EXPECT_EQ(a.Revisions(id), Range(2, 6));
+    EXPECT_EQ(b.Revisions(id), Range(2, 6));
+  }
+}
+
+TEST_P(EncodedDeliveryTest, WholeAndEncodedStreamsOfOneHubGetTheSameResponses) {
+  Client whole, encoded;
+  StreamId sw = Open(whole, Delivery::kWhole), se = Open(encoded, Delivery::kEncoded);
+  for (StreamId s : {sw, se}) {
+    WatchCreateRequest prev = Watch("", kNul);
+    prev.set_prev_kv(true);
+    WatchCreateRequest no_put = Watch("a", "c");
+    no_put.add_filters(WatchCreateRequest::NOPUT);
+    Create(s, prev);
+    Create(s, no_put);
+    Create(s, Watch("b"));
+  }
+  Put("a", "1");
+  Apply({{"b", "2"}, {"c", "3"}});
+  Delete("a");
+  Put("b", "4");
+  const std::vector<std::string> got = whole.Take();
+  EXPECT_EQ(got.size(), 10u);
+  EXPECT_EQ(encoded.Take(), got);
+  EXPECT_THAT(whole.event_bytes, IsEmpty());
+  EXPECT_EQ(encoded.event_bytes.size(), 7u);
+}
+
+TEST_P(EncodedDeliveryTest, OnlyEncodedStreamsCostAnEncoding) {
+  Client whole;
+  StreamId s = Open(whole, Delivery::kWhole);
+  Create(s, Watch("a"));
+  Put("a", "1");
+  EXPECT_EQ(hub->events_encoded(), 0u);
+  EXPECT_THAT(whole.Take(), ElementsAre("w0 created @1", "w0 @2: PUT a=1@2"));
+}
+
+TEST(EncodeEvent, IsTheEventsFieldOfAWatchResponseAndParsesBackWithAndWithoutPrevKv) {
+  mvccpb::Event e;
+  e.set_type(mvccpb::Event::DELETE);
+  e.mutable_kv()->set_key("k");
+  e.mutable_kv()->set_mod_revision(9);
+  mvccpb::KeyValue prev;
+  prev.set_key("k");
+  prev.set_value(std::string(300, 'v'));  // a length of two varint bytes
+  prev.set_mod_revision(8);
+  WatchResponse expected;
+  expected.set_watch_id(4);
+  expected.mutable_header()->set_revision(9);
+  *expected.add_events() = e;
+  *expected.add_events() = e;
+  *expected.mutable_events(1)->mutable_prev_kv() = prev;
+  WatchResponse meta;
+  meta.set_watch_id(4);
+  meta.mutable_header()->set_revision(9);
+  const std::vector<EncodedEvent> events = {EncodeEvent(e), EncodeEvent(e, &prev)};
+  const WatchResponse parsed = Concatenated(meta, events);
+  EXPECT_EQ(parsed.SerializeAsString(), expected.SerializeAsString());
+  EXPECT_EQ(meta.SerializeAsString() + *events[0] + *events[1], expected.SerializeAsString());
+}
+
+INSTANTIATE_TEST_SUITE_P(Delivery, EncodedDeliveryTest, ::testing::Values(Delivery::kEncoded),
+                         DeliveryName);
+
+INSTANTIATE_TEST_SUITE_P(Delivery, WatchHubTest,
+                         ::testing::Values(Delivery::kWhole, Delivery::kEncoded), DeliveryName);
+INSTANTIATE_TEST_SUITE_P(Delivery, PlantedBugTest,
+                         ::testing::Values(Delivery::kWhole, Delivery::kEncoded), DeliveryName);
 
 }  // namespace
 }  // namespace keel::watch
