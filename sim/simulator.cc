@@ -394,8 +394,8 @@ Sim::Sim(const Scenario& scenario, const RunOptions& options)
       reference_(KvConfigFor(scenario)),
       client_seen_(scenario.workload.clients),
       registrars_(scenario.workload.registrars),
-      watchers_(scenario.workload.watchers),
-      lease_checker_(LeaseCheckerConfigFor(scenario)) {
+      lease_checker_(LeaseCheckerConfigFor(scenario)),
+      watchers_(scenario.workload.watchers) {
   KEEL_ASSERT(scenario.cluster >= 1 && scenario.cluster <= kClusterSizeMax);
   nodes_.resize(scenario.cluster);
   for (int i = 0; i < scenario.cluster; ++i) {
